@@ -1,0 +1,145 @@
+"""What the estimators learn about a model or guide by running it: plates, sites, log-densities.
+
+Everything here relies on one convention only: every sample site of a model lies inside a
+vectorised ``pyro.plate("data", N)``. Latent and observed sites are told apart by the
+trace (``site["is_observed"]``), never by their names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+
+DATA_PLATE = "data"
+PARTICLE_PLATE = "_lvm_particles"
+
+
+@dataclass(frozen=True)
+class ProgramInfo:
+    """The plate layout and sites of a model (and guide) run on data of N points.
+
+    ``max_plate_nesting`` counts the plates of model and guide; vectorised particles go in
+    one more plate to their left, at ``particle_dim``. ``data_dim`` is the (negative) dim of
+    the data plate.
+    """
+
+    num_data: int
+    max_plate_nesting: int
+    data_dim: int
+    latent_sites: tuple[str, ...]
+    observed_sites: tuple[str, ...]
+
+    @property
+    def particle_dim(self) -> int:
+        return -self.max_plate_nesting - 1
+
+
+def sample_sites(trace: Trace) -> Iterable[tuple[str, dict]]:
+    """The sample sites of a trace, without the plates' own subsample sites."""
+    return (
+        (name, site)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+    )
+
+
+def is_auxiliary(site: dict) -> bool:
+    return bool(site["infer"].get("is_auxiliary", False))
+
+
+def trace_program(fn: Callable, x: torch.Tensor) -> Trace:
+    """One run of ``fn(x)`` with nothing blocked."""
+    return poutine.trace(fn).get_trace(x)
+
+
+def inspect_program(model: Callable, x: torch.Tensor, guide: Callable | None = None) -> ProgramInfo:
+    """Run the model (and guide) once on ``x`` and check the plate convention.
+
+    :raises ValueError: when the model has no vectorised ``"data"`` plate of size N, when a
+        sample site lies outside it, or when the model has no observed site.
+    """
+    model_trace = trace_program(model, x)
+    traces = [model_trace] if guide is None else [model_trace, trace_program(guide, x)]
+    data_frame = _data_frame(model_trace, "model")
+    if data_frame.size != x.shape[0]:
+        raise ValueError(
+            f"the model's pyro.plate('{DATA_PLATE}') has size {data_frame.size} but x has "
+            f"{x.shape[0]} rows; the plate must cover every data point (no subsampling)"
+        )
+    for name, site in sample_sites(model_trace):
+        if data_frame not in site["cond_indep_stack"]:
+            raise ValueError(
+                f"sample site '{name}' of the model lies outside pyro.plate('{DATA_PLATE}'); "
+                "per-point estimates need every latent and observed site inside it"
+            )
+    latent = tuple(n for n, s in sample_sites(model_trace) if not s["is_observed"])
+    observed = tuple(n for n, s in sample_sites(model_trace) if s["is_observed"])
+    if not observed:
+        raise ValueError("the model has no observed site: call it with the data, model(x)")
+    nesting = max(
+        [
+            -frame.dim
+            for trace in traces
+            for _, site in sample_sites(trace)
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized
+        ],
+        default=1,
+    )
+    return ProgramInfo(x.shape[0], nesting, data_frame.dim, latent, observed)
+
+
+def _data_frame(trace: Trace, role: str):
+    for _, site in sample_sites(trace):
+        for frame in site["cond_indep_stack"]:
+            if frame.name == DATA_PLATE:
+                if not frame.vectorized:
+                    raise ValueError(f"the {role}'s pyro.plate('{DATA_PLATE}') must be vectorised")
+                return frame
+    raise ValueError(
+        f"the {role} has no pyro.plate('{DATA_PLATE}', N) around its sample sites; "
+        "the estimators need it to tell data points apart"
+    )
+
+
+def particle_plate(num_particles: int, info: ProgramInfo) -> pyro.plate:
+    """A plate that vectorises ``num_particles`` independent runs, left of every model plate."""
+    return pyro.plate(PARTICLE_PLATE, num_particles, dim=info.particle_dim)
+
+
+def site_log_prob_per_point(site: dict, info: ProgramInfo) -> torch.Tensor:
+    """log-density of one site, summed within each (particle, data point): shape (K, N).
+
+    Uses the unscaled log-density (masks apply, ``poutine.scale`` does not): the estimators
+    compute log p(x) of the model as written.
+    """
+    log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+    rank = info.max_plate_nesting + 1
+    if log_prob.dim() > rank:
+        raise ValueError(
+            f"site '{site['name']}' has log_prob of shape {tuple(log_prob.shape)}: more batch "
+            "dims than plates; declare extra dims as event dims (.to_event) or add plates"
+        )
+    log_prob = log_prob.reshape((1,) * (rank - log_prob.dim()) + tuple(log_prob.shape))
+    data_index = rank + info.data_dim
+    other_dims = [d for d in range(1, rank) if d != data_index]
+    if other_dims:
+        log_prob = log_prob.sum(other_dims, keepdim=True)
+    return log_prob.reshape(log_prob.shape[0], log_prob.shape[data_index])  # (K or 1, N or 1)
+
+
+def log_density_per_point(
+    trace: Trace, info: ProgramInfo, num_particles: int, sites: Iterable[str]
+) -> torch.Tensor:
+    """Sum of the named sites' log-densities per particle and data point: shape (K, N)."""
+    total = torch.zeros(())
+    for name in sites:
+        total = total + site_log_prob_per_point(trace.nodes[name], info)
+    return total.expand(num_particles, info.num_data)

@@ -1,0 +1,82 @@
+"""What every built-in latent variable model shares: the generative program and the plate.
+
+A model here is a :class:`pyro.nn.PyroModule` whose ``forward(x)`` draws the latent ``"z"``
+from :meth:`LatentVariableModel.prior` and observes ``"x"`` from
+:meth:`LatentVariableModel.likelihood`, both inside ``pyro.plate("data", N)``. A subclass
+supplies the two distributions (and, where it can, ``log_marginal``); the program is written
+once.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+
+_instance_counter = itertools.count()
+
+
+def unique_pyro_name(prefix: str) -> str:
+    """A process-wide unique name for a PyroModule.
+
+    Pyro registers the parameters of a PyroModule in the global param store under
+    ``name.attribute``; two instances with the same name would silently share parameters
+    there. A unique name per instance keeps each module the owner of its own parameters.
+    """
+    return f"{prefix}_{next(_instance_counter)}"
+
+
+class LatentVariableModel(PyroModule):
+    """Base class: p(x) = integral of p(z) p(x given z) dz, one latent ``"z"`` per data point.
+
+    :param int data_dim: D, the number of columns of ``x``.
+    :param int latent_dim: k, the size of one latent (the number of components for a mixture).
+    """
+
+    def __init__(self, data_dim: int, latent_dim: int) -> None:
+        _check_positive_int("data_dim", data_dim)
+        _check_positive_int("latent_dim", latent_dim)
+        super().__init__(name=unique_pyro_name(type(self).__name__))
+        self.data_dim = data_dim
+        self.latent_dim = latent_dim
+        # Follows .to(dtype) / .double() so the prior matches the parameters' dtype.
+        self.register_buffer("_origin", torch.zeros(()))
+
+    def prior(self) -> torch.distributions.Distribution:
+        """p(z) with batch shape (); the data plate broadcasts it to (N,)."""
+        raise NotImplementedError
+
+    def likelihood(self, z: torch.Tensor) -> torch.distributions.Distribution:
+        """p(x given z): event shape (D,), batch shape ``z``'s batch shape."""
+        raise NotImplementedError
+
+    def forward(
+        self, x: torch.Tensor | None = None, *, num_data: int | None = None
+    ) -> torch.Tensor:
+        """Run the generative program; observe ``x`` (N, D) or, with ``x=None``, sample it.
+
+        :param x: data of shape (N, D), or None to draw ``num_data`` points (default 1).
+        :returns: the observed or sampled data, shape (N, D).
+        """
+        if x is not None:
+            x = x.to(self._origin.dtype)
+        size = x.shape[0] if x is not None else (num_data or 1)
+        with pyro.plate("data", size):
+            z = pyro.sample("z", self.prior())
+            return pyro.sample("x", self.likelihood(z), obs=x)
+
+    @torch.no_grad()
+    def sample(self, num_data: int) -> torch.Tensor:
+        """Draw ``num_data`` points from p(x): a tensor of shape (num_data, D)."""
+        _check_positive_int("num_data", num_data)
+        return self(num_data=num_data)
+
+    def _zeros(self, *shape: int) -> torch.Tensor:
+        return self._origin.new_zeros(shape)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
