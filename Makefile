@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lvm exact --data correlated-gaussian
+	$(BIN)/lvm fit --model ppca --guide amortized-gaussian --data correlated-gaussian --json results/fit.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

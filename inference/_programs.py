@@ -7,7 +7,8 @@ trace (``site["is_observed"]``), never by their names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyro
@@ -65,8 +66,21 @@ def inspect_program(model: Callable, x: torch.Tensor, guide: Callable | None = N
     :raises ValueError: when the model has no vectorised ``"data"`` plate of size N, when a
         sample site lies outside it, or when the model has no observed site.
     """
-    model_trace = trace_program(model, x)
-    traces = [model_trace] if guide is None else [model_trace, trace_program(guide, x)]
+    guide_trace = None if guide is None else trace_program(guide, x)
+    return _program_info(x, trace_program(model, x), guide_trace)
+
+
+def inspect_pair(model: Callable, guide: Callable, x: torch.Tensor) -> ProgramInfo:
+    """:func:`inspect_program` on a model/guide pair, then :func:`check_guide_matches`."""
+    guide_trace = trace_program(guide, x)
+    model_trace = trace_program(poutine.replay(model, trace=guide_trace), x)
+    info = _program_info(x, model_trace, guide_trace)
+    check_guide_matches(model_trace, guide_trace, info)
+    return info
+
+
+def _program_info(x: torch.Tensor, model_trace: Trace, guide_trace: Trace | None) -> ProgramInfo:
+    traces = [model_trace] if guide_trace is None else [model_trace, guide_trace]
     data_frame = _data_frame(model_trace, "model")
     if data_frame.size != x.shape[0]:
         raise ValueError(
@@ -84,14 +98,11 @@ def inspect_program(model: Callable, x: torch.Tensor, guide: Callable | None = N
     if not observed:
         raise ValueError("the model has no observed site: call it with the data, model(x)")
     nesting = max(
-        [
-            -frame.dim
-            for trace in traces
-            for _, site in sample_sites(trace)
-            for frame in site["cond_indep_stack"]
-            if frame.vectorized
-        ],
-        default=1,
+        -frame.dim
+        for trace in traces
+        for _, site in sample_sites(trace)
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
     )
     return ProgramInfo(x.shape[0], nesting, data_frame.dim, latent, observed)
 
@@ -121,18 +132,28 @@ def site_log_prob_per_point(site: dict, info: ProgramInfo) -> torch.Tensor:
     compute log p(x) of the model as written.
     """
     log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+    return per_point_sum(log_prob, info, site["name"])
+
+
+def per_point_sum(batch_tensor: torch.Tensor, info: ProgramInfo, name: str) -> torch.Tensor:
+    """Sum a tensor laid out on the plates over every plate but particles and data: (K, N).
+
+    Dims of size 1 (or missing on the left) stay 1, to broadcast.
+    """
     rank = info.max_plate_nesting + 1
-    if log_prob.dim() > rank:
+    if batch_tensor.dim() > rank:
         raise ValueError(
-            f"site '{site['name']}' has log_prob of shape {tuple(log_prob.shape)}: more batch "
-            "dims than plates; declare extra dims as event dims (.to_event) or add plates"
+            f"site '{name}' has log_prob of shape {tuple(batch_tensor.shape)}: more batch dims "
+            "than plates; declare extra dims as event dims (.to_event) or add plates"
         )
-    log_prob = log_prob.reshape((1,) * (rank - log_prob.dim()) + tuple(log_prob.shape))
+    batch_tensor = batch_tensor.reshape(
+        (1,) * (rank - batch_tensor.dim()) + tuple(batch_tensor.shape)
+    )
     data_index = rank + info.data_dim
     other_dims = [d for d in range(1, rank) if d != data_index]
     if other_dims:
-        log_prob = log_prob.sum(other_dims, keepdim=True)
-    return log_prob.reshape(log_prob.shape[0], log_prob.shape[data_index])  # (K or 1, N or 1)
+        batch_tensor = batch_tensor.sum(other_dims, keepdim=True)
+    return batch_tensor.reshape(batch_tensor.shape[0], batch_tensor.shape[data_index])
 
 
 def log_density_per_point(
@@ -143,3 +164,65 @@ def log_density_per_point(
     for name in sites:
         total = total + site_log_prob_per_point(trace.nodes[name], info)
     return total.expand(num_particles, info.num_data)
+
+
+def check_guide_matches(model_trace: Trace, guide_trace: Trace, info: ProgramInfo) -> None:
+    """The guide must sample every latent site of the model and nothing else, in the same plate.
+
+    :raises ValueError: naming the site (or the plate) that does not match.
+    """
+    guide_sites = {n: s for n, s in sample_sites(guide_trace) if not is_auxiliary(s)}
+    missing = [n for n in info.latent_sites if n not in guide_sites]
+    if missing:
+        raise ValueError(f"the guide does not sample latent site(s) {missing} of the model")
+    model_sites = dict(sample_sites(model_trace))
+    extra = [n for n in guide_sites if n not in model_sites]
+    if extra:
+        raise ValueError(
+            f"the guide samples site(s) {extra} that the model does not have "
+            "(mark auxiliary guide sites with infer={'is_auxiliary': True})"
+        )
+    observed = [n for n in guide_sites if model_sites[n]["is_observed"]]
+    if observed:
+        raise ValueError(f"the guide samples site(s) {observed} that the model observes")
+    frame = _data_frame(guide_trace, "guide")
+    if frame.size != info.num_data or frame.dim != info.data_dim:
+        raise ValueError(
+            f"the guide's pyro.plate('{DATA_PLATE}') has size {frame.size} at dim {frame.dim}; "
+            f"the model's has size {info.num_data} at dim {info.data_dim}"
+        )
+
+
+def vectorized_traces(
+    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, info: ProgramInfo
+) -> tuple[Trace, Trace]:
+    """The guide traced under a particle plate and the model replayed against it: (model, guide)."""
+    with particle_plate(num_particles, info):
+        guide_trace = trace_program(guide, x)
+        model_trace = trace_program(poutine.replay(model, trace=guide_trace), x)
+    return model_trace, guide_trace
+
+
+def log_importance_weights(
+    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, info: ProgramInfo
+) -> torch.Tensor:
+    """log w = log p(x, z) - log q(z given x) for z ~ q, vectorised: shape (K, N)."""
+    model_trace, guide_trace = vectorized_traces(model, guide, x, num_particles, info)
+    model_names = [n for n, _ in sample_sites(model_trace)]
+    guide_names = [n for n, s in sample_sites(guide_trace) if not is_auxiliary(s)]
+    log_joint = log_density_per_point(model_trace, info, num_particles, model_names)
+    return log_joint - log_density_per_point(guide_trace, info, num_particles, guide_names)
+
+
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Run with torch's RNG seeded by ``seed``, restoring the caller's RNG state afterwards.
+
+    ``seed=None`` draws from the caller's RNG as it stands.
+    """
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

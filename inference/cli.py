@@ -5,18 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
+from inference.compare import compare
+from inference.diagnostics import diagnose
 from inference.exact import exact_log_marginal
+from inference.registry import GUIDES, MODELS, lookup
+from inference.train import fit
 from lvm_models import datasets, ppca_max_likelihood
 
 
-def _exact(args: argparse.Namespace) -> int:
+def _exact(args: argparse.Namespace) -> dict:
+    """Closed-form maximum-likelihood pPCA and the Gaussian references, no training."""
     data = datasets.load(args.data, seed=args.seed)
     x = data.x.double()
     model = ppca_max_likelihood(x, args.latent_dim)
-    rows = {
+    report = {
         "data": data.name,
         "num_data": x.shape[0],
         "data_dim": x.shape[1],
@@ -28,50 +34,122 @@ def _exact(args: argparse.Namespace) -> int:
         .item(),
     }
     if data.log_density is not None:
-        rows["true_log_density"] = data.log_density(x).mean().item()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        width = max(map(len, rows))
-        for key, value in rows.items():
-            shown = f"{value:.4f}" if isinstance(value, float) else value
-            print(f"{key:<{width}}  {shown}")
-    return 0
+        report["true_log_density"] = data.log_density(x).mean().item()
+    _print_pairs(report)
+    return report
 
 
-def _list(args: argparse.Namespace) -> int:
-    for name, loader in datasets.DATASETS.items():
-        print(f"{name:<22} {loader(seed=0).description}")
-    return 0
+def _fit(args: argparse.Namespace) -> dict:
+    """Train a named model/guide pair on a named data set, then diagnose and compare it."""
+    data = datasets.load(args.data, seed=args.seed)
+    x = data.x
+    model = lookup("model", MODELS, args.model).build(x.shape[1], args.latent_dim)
+    guide = lookup("guide", GUIDES, args.guide).build(model, x.shape[0])
+    result = None
+    if args.steps > 0:
+        result = fit(
+            model,
+            guide,
+            x,
+            objective=args.objective,
+            steps=args.steps,
+            batch_size=min(args.batch_size, x.shape[0]) if args.batch_size else None,
+            lr=args.lr,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    evaluation = x[: args.eval_points]
+    diagnosis = diagnose(model, guide, evaluation, seed=args.seed)
+    table = compare(model, guide, evaluation, num_samples=args.num_samples, seed=args.seed)
+    print(table)
+    _print_pairs({k: v for k, v in diagnosis.to_dict().items() if v is not None})
+    return {
+        "data": data.name,
+        "model": args.model,
+        "guide": args.guide,
+        "final_loss": None if result is None else result.final_loss,
+        "history": None if result is None else result.history.to_dict(),
+        "diagnosis": diagnosis.to_dict(),
+        "comparison": table.to_dict(),
+    }
+
+
+def _list(args: argparse.Namespace) -> dict:
+    sections = {
+        "data sets": {
+            name: loader(seed=0).description for name, loader in datasets.DATASETS.items()
+        },
+        "models": {name: entry.description for name, entry in MODELS.items()},
+        "guides": {name: entry.description for name, entry in GUIDES.items()},
+    }
+    for title, rows in sections.items():
+        print(f"{title}:")
+        for name, description in rows.items():
+            print(f"  {name:<24}{description}")
+    return sections
+
+
+def _print_pairs(pairs: dict) -> None:
+    width = max(map(len, pairs))
+    for key, value in pairs.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+
+
+def _add_data_options(parser: argparse.ArgumentParser, default_data: str) -> None:
+    parser.add_argument("--data", default=default_data, help="a data set (see `lvm list`)")
+    parser.add_argument("--latent-dim", type=int, default=2, help="k (components for mixtures)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds data, training and estimates")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lvm", description="Latent variable models in Pyro: exact log p(x) and its bounds."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     exact = commands.add_parser(
-        "exact",
-        help="fit probabilistic PCA in closed form and print exact average log p(x) in nats",
+        "exact", help="closed-form maximum-likelihood pPCA: exact average log p(x), in nats"
     )
-    exact.add_argument("--data", default="correlated-gaussian", choices=list(datasets.DATASETS))
-    exact.add_argument("--latent-dim", type=int, default=2)
-    exact.add_argument("--seed", type=int, default=0)
-    exact.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_data_options(exact, "correlated-gaussian")
     exact.set_defaults(run=_exact)
-    listing = commands.add_parser("list", help="name the built-in data sets")
+    for name, help_text in (
+        ("fit", "train a model/guide pair with SVI, then diagnose and compare the bounds"),
+        ("compare", "ELBO, IW_K and exact log p(x) of a (trained) model/guide pair"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        _add_data_options(command, "correlated-gaussian")
+        command.add_argument("--model", default="ppca", help="a model (see `lvm list`)")
+        command.add_argument("--guide", default="amortized-gaussian", help="a guide")
+        command.add_argument("--steps", type=int, default=2000, help="SVI steps (0: no training)")
+        command.add_argument("--batch-size", type=int, default=256)
+        command.add_argument("--lr", type=float, default=1e-2)
+        command.add_argument("--objective", default="elbo", choices=["elbo", "iwae"])
+        command.add_argument(
+            "--num-samples", type=int, nargs="+", default=[1, 10, 100], help="the K values"
+        )
+        command.add_argument("--eval-points", type=int, default=500, help="points to evaluate")
+        command.add_argument("--quiet", action="store_true", help="no progress bar")
+        command.set_defaults(run=_fit)
+    listing = commands.add_parser("list", help="name the built-in data sets, models and guides")
+    listing.add_argument("--json", type=Path, help="also write the lists as JSON to this file")
     listing.set_defaults(run=_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    torch.manual_seed(args.seed if hasattr(args, "seed") else 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    torch.manual_seed(getattr(args, "seed", 0))
     try:
-        return args.run(args)
-    except ValueError as error:
+        report = args.run(args)
+    except (ValueError, TypeError) as error:
         print(f"lvm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,310 @@
+"""Monte-Carlo bounds on log p(x): the ELBO and the importance-weighted estimate.
+
+Both estimators draw z from the guide under one extra (particle) plate, replay the model
+against it and read log w = log p(x, z) - log q(z given x) per particle and data point; they
+stream over chunks of particles, so memory depends on ``chunk_size``, never on the number of
+particles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from pyro.ops.stats import fit_generalized_pareto
+from tqdm.auto import tqdm
+
+from inference._programs import ProgramInfo, inspect_pair, log_importance_weights, seeded
+from inference._validate import check_data, check_positive_int
+
+# Particles x data points evaluated at once when ``chunk_size`` is not given.
+_DEFAULT_CHUNK_BUDGET = 2**16
+_MIN_TAIL = 10  # PSIS needs at least this many tail weights to fit a Pareto shape
+_EQUAL_LOG_WEIGHTS = 1e-9  # log weights closer than this are equal up to rounding
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A per-point Monte-Carlo estimate in nats.
+
+    :ivar per_point: (N,) estimates.
+    :ivar per_point_stderr: (N,) their Monte-Carlo standard errors (NaN when one draw
+        cannot tell: a single particle or replicate).
+    :ivar num_samples: particles per estimate.
+    :ivar mean: average over points.
+    :ivar stderr: Monte-Carlo standard error of ``mean`` (points are independent).
+    """
+
+    per_point: torch.Tensor
+    per_point_stderr: torch.Tensor
+    num_samples: int
+    mean: float = field(init=False)
+    stderr: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        num_data = self.per_point.shape[0]
+        object.__setattr__(self, "mean", self.per_point.mean().item())
+        object.__setattr__(
+            self, "stderr", (self.per_point_stderr.pow(2).sum().sqrt() / num_data).item()
+        )
+
+
+@dataclass(frozen=True)
+class ImportanceEstimate(Estimate):
+    """An importance-weighted estimate of log p(x), with diagnostics of the weights.
+
+    :ivar ess: (N,) effective sample size (sum w)^2 / sum w^2 of all the weights of a point.
+    :ivar khat: (N,) Pareto k-hat of those weights (PSIS; > 0.7: the estimate is unreliable;
+        NaN when too few weights to fit a tail; -inf when all weights are equal).
+    :ivar num_replicates: independent K-sample estimates averaged into ``per_point``.
+    """
+
+    ess: torch.Tensor | None = None
+    khat: torch.Tensor | None = None
+    num_replicates: int = 1
+
+
+def elbo(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    num_particles: int = 1,
+    chunk_size: int | None = None,
+    seed: int | None = None,
+) -> Estimate:
+    """Monte-Carlo ELBO per point: E_q[log p(x, z) - log q(z given x)] <= log p(x).
+
+    Kingma and Welling (2014). Averages log w over ``num_particles`` draws z ~ q(z given x).
+
+    :param model: a Pyro model following the plate convention (``model(x)``).
+    :param guide: a Pyro guide sampling every latent site of the model (``guide(x)``).
+    :param x: data (N, D).
+    :param int num_particles: draws per point (>= 2 for a standard error).
+    :param int chunk_size: particles evaluated at once (default: about 2^16 / N).
+    :param int seed: seeds torch's RNG for this call only; None uses the caller's RNG.
+    :returns: an :class:`Estimate` in nats, ``per_point`` of shape (N,).
+    """
+    moments = _RunningMoments()
+    with torch.no_grad(), seeded(seed):
+        x, info, chunk = _prepare(
+            model, guide, x, ("num_particles", num_particles), chunk_size, num_particles
+        )
+        for size in _chunk_sizes(num_particles, chunk):
+            moments.update(log_importance_weights(model, guide, x, size, info).double())
+    return Estimate(moments.mean, moments.stderr, num_particles)
+
+
+def iw_log_marginal(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    num_samples: int,
+    chunk_size: int | None = None,
+    seed: int | None = None,
+    num_replicates: int = 1,
+    progress: bool = False,
+) -> ImportanceEstimate:
+    """Importance-weighted estimate of log p(x) per point: log (1/K) sum_k w_k, w = p(x,z)/q(z).
+
+    Burda, Grosse and Salakhutdinov (2016): with z_k ~ q(z given x), its expectation IW_K is a
+    lower bound on log p(x) that is non-decreasing in K and tends to log p(x). K = 1 is the
+    ELBO. The sum streams over chunks of particles with a running max-shifted log-sum-exp,
+    so peak memory is set by ``chunk_size``, not by K.
+
+    The standard error of one K-sample estimate comes from the delta method,
+    sqrt((K / ESS - 1) / K); with ``num_replicates`` R > 1 the R independent estimates are
+    averaged and their spread gives the standard error (an estimate of E[IW_K]).
+    ESS and the Pareto k-hat (Vehtari et al., PSIS; fitted with Pyro's
+    ``fit_generalized_pareto`` exactly as ``pyro.infer.importance.psis_diagnostic`` does) are
+    computed from all K * R weights of each point.
+
+    :param int num_samples: K, particles per estimate (>= 1).
+    :param int chunk_size: particles evaluated at once (default: about 2^16 / N).
+    :param int seed: seeds torch's RNG for this call only; None uses the caller's RNG.
+    :param int num_replicates: R independent K-sample estimates.
+    :param bool progress: show a progress bar over chunks.
+    :returns: an :class:`ImportanceEstimate` in nats with ``per_point``, ``ess``, ``khat``
+        of shape (N,).
+    """
+    check_positive_int("num_replicates", num_replicates)
+    total = num_samples * num_replicates
+    pooled = _RunningLogMeanExp(tail_size=_psis_tail_size(total))
+    replicates = _RunningMoments()
+    with torch.no_grad(), seeded(seed):
+        x, info, chunk = _prepare(model, guide, x, ("num_samples", num_samples), chunk_size, total)
+        plan = list(_replicate_plan(num_samples, num_replicates, chunk))
+        for replicates_in_chunk, size in tqdm(plan, disable=not progress, desc="IW chunks"):
+            log_weights = log_importance_weights(model, guide, x, size, info).double()  # (c, N)
+            pooled.update(log_weights)
+            replicates.feed(log_weights, replicates_in_chunk, num_samples)
+    if num_replicates == 1:
+        per_point = pooled.log_mean_exp()
+        stderr = _delta_method_stderr(pooled.ess(), num_samples)
+    else:
+        per_point, stderr = replicates.mean, replicates.stderr
+    return ImportanceEstimate(
+        per_point,
+        stderr,
+        num_samples,
+        ess=pooled.ess(),
+        khat=pooled.khat(),
+        num_replicates=num_replicates,
+    )
+
+
+def _prepare(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    count: tuple[str, int],
+    chunk_size: int | None,
+    total: int,
+) -> tuple[torch.Tensor, ProgramInfo, int]:
+    """Validate the arguments, inspect the pair, choose the chunk size (at most ``total``)."""
+    check_data(x)
+    count_name, num_particles = count
+    check_positive_int(count_name, num_particles)
+    if chunk_size is not None:
+        check_positive_int("chunk_size", chunk_size)
+    info = inspect_pair(model, guide, x)
+    chunk = chunk_size or max(1, _DEFAULT_CHUNK_BUDGET // x.shape[0])
+    return x, info, min(chunk, total)
+
+
+def _chunk_sizes(total: int, chunk: int) -> Iterator[int]:
+    for start in range(0, total, chunk):
+        yield min(chunk, total - start)
+
+
+def _replicate_plan(num_samples: int, num_replicates: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """Chunks as (whole replicates in the chunk, particles): whole replicates when K fits in a
+    chunk, otherwise the pieces of one replicate at a time (replicates-in-chunk 0 until the
+    piece that completes it, which is marked -1)."""
+    if num_samples <= chunk:
+        per_chunk = chunk // num_samples
+        for start in range(0, num_replicates, per_chunk):
+            count = min(per_chunk, num_replicates - start)
+            yield count, count * num_samples
+        return
+    for _ in range(num_replicates):
+        sizes = list(_chunk_sizes(num_samples, chunk))
+        for index, size in enumerate(sizes):
+            yield (-1 if index == len(sizes) - 1 else 0), size
+
+
+def _psis_tail_size(total: int) -> int:
+    """How many of the largest weights PSIS uses (the cutoff of ``psis_diagnostic``) plus one."""
+    return int(math.ceil(min(0.2 * total, 3.0 * math.sqrt(total)))) + 1
+
+
+def _delta_method_stderr(ess: torch.Tensor, num_samples: int) -> torch.Tensor:
+    if num_samples == 1:
+        return torch.full_like(ess, math.nan)
+    return ((num_samples / ess - 1).clamp_min(0) / num_samples).sqrt()
+
+
+class _RunningMoments:
+    """Mean and variance per point of streamed values, merged chunk by chunk (Chan et al.).
+
+    ``update`` takes values (c, N); ``feed`` turns a chunk of log weights into the IW
+    estimates of the replicates it completes (holding the pieces of an unfinished one).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._mean: torch.Tensor | float = 0.0
+        self._sum_sq: torch.Tensor | float = 0.0
+        self._partial: _RunningLogMeanExp | None = None
+
+    def update(self, values: torch.Tensor) -> None:
+        count = values.shape[0]
+        chunk_mean = values.mean(0)
+        chunk_sum_sq = ((values - chunk_mean) ** 2).sum(0)
+        total = self.count + count
+        delta = chunk_mean - self._mean
+        self._mean = self._mean + delta * count / total
+        self._sum_sq = self._sum_sq + chunk_sum_sq + delta**2 * self.count * count / total
+        self.count = total
+
+    def feed(self, log_weights: torch.Tensor, replicates: int, num_samples: int) -> None:
+        if replicates > 0:
+            grouped = log_weights.reshape(replicates, num_samples, -1)  # (r, K, N)
+            self.update(torch.logsumexp(grouped, 1) - math.log(num_samples))
+            return
+        self._partial = self._partial or _RunningLogMeanExp(tail_size=0)
+        self._partial.update(log_weights)
+        if replicates == -1:
+            self.update(self._partial.log_mean_exp().unsqueeze(0))
+            self._partial = None
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._mean
+
+    @property
+    def stderr(self) -> torch.Tensor:
+        if self.count < 2:
+            return torch.full_like(self._mean, math.nan)
+        return (self._sum_sq / (self.count - 1) / self.count).sqrt()
+
+
+class _RunningLogMeanExp:
+    """Streams log weights (c, N) into log mean exp, the ESS and the largest weights per point.
+
+    Keeps the running max m and s1 = sum exp(lw - m), s2 = sum exp(2 (lw - m)), rescaled
+    when the max grows, so no exp ever sees an unshifted log weight.
+    """
+
+    def __init__(self, tail_size: int) -> None:
+        self.tail_size = tail_size
+        self.count = 0
+        self._max: torch.Tensor | None = None
+        self._sum = self._sum_sq = self._tail = None
+
+    def update(self, log_weights: torch.Tensor) -> None:
+        chunk_max = log_weights.max(0).values  # (N,)
+        new_max = chunk_max if self._max is None else torch.maximum(self._max, chunk_max)
+        shifted = log_weights - new_max
+        chunk_sum, chunk_sum_sq = shifted.exp().sum(0), (2 * shifted).exp().sum(0)
+        if self._max is None:
+            self._sum, self._sum_sq = chunk_sum, chunk_sum_sq
+        else:
+            rescale = (self._max - new_max).exp()
+            self._sum = self._sum * rescale + chunk_sum
+            self._sum_sq = self._sum_sq * rescale**2 + chunk_sum_sq
+        self._max = new_max
+        self.count += log_weights.shape[0]
+        if self.tail_size:
+            candidates = log_weights if self._tail is None else torch.cat([self._tail, log_weights])
+            keep = min(self.tail_size, candidates.shape[0])
+            self._tail = candidates.topk(keep, dim=0).values  # (T, N), descending
+
+    def log_mean_exp(self) -> torch.Tensor:
+        return self._max + self._sum.log() - math.log(self.count)
+
+    def ess(self) -> torch.Tensor:
+        return self._sum**2 / self._sum_sq
+
+    def khat(self) -> torch.Tensor:
+        """Pareto k-hat per point, fitted to the tail as ``psis_diagnostic`` does."""
+        return torch.tensor([_khat_of_tail(self._tail[:, n]) for n in range(self._tail.shape[1])])
+
+
+def _khat_of_tail(top_log_weights: torch.Tensor) -> float:
+    """k-hat from the largest log weights (descending; the last one is the cutoff).
+
+    Weights that are all equal (an exact proposal) have no tail at all: -inf.
+    """
+    shifted = top_log_weights - top_log_weights[0]
+    if shifted[-1].item() > -_EQUAL_LOG_WEIGHTS:
+        return -math.inf
+    cutoff = max(math.log(1e-15), shifted[-1].item())
+    tail = shifted[shifted > cutoff]
+    if tail.numel() < _MIN_TAIL:
+        return math.nan
+    k, _ = fit_generalized_pareto(tail.exp() - math.exp(cutoff))
+    return float(k)

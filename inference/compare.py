@@ -1,0 +1,138 @@
+"""ELBO, importance-weighted estimates at several K, and the exact log p(x), side by side."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from inference._validate import check_positive_int
+from inference.bounds import elbo, iw_log_marginal
+from inference.exact import NoExactValueError, exact_log_marginal
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One estimator: its average over points (nats) and the Monte-Carlo standard error."""
+
+    estimator: str
+    num_samples: int | None
+    mean: float
+    stderr: float
+    mean_ess: float | None = None
+    max_khat: float | None = None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The rows of :func:`compare`; ``exact_note`` says why there is no exact row, if none."""
+
+    rows: tuple[ComparisonRow, ...]
+    num_data: int
+    exact_note: str = ""
+
+    def row(self, estimator: str, num_samples: int | None = None) -> ComparisonRow:
+        """The row of an estimator (``"elbo"``, ``"iw"`` with its K, or ``"exact"``)."""
+        for row in self.rows:
+            if row.estimator == estimator and (
+                num_samples is None or row.num_samples == num_samples
+            ):
+                return row
+        raise KeyError(f"no row {estimator!r} with num_samples={num_samples}")
+
+    def to_dict(self) -> dict:
+        return {
+            "num_data": self.num_data,
+            "exact_note": self.exact_note,
+            "rows": [asdict(row) for row in self.rows],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=True)
+
+    def __str__(self) -> str:
+        header = ("estimator", "K", "mean log p(x)", "stderr", "ESS", "max k-hat")
+        lines = ["{:<10}{:>8}{:>16}{:>10}{:>10}{:>11}".format(*header)]
+        for row in self.rows:
+            lines.append(
+                f"{row.estimator:<10}{_text(row.num_samples, 'd'):>8}{row.mean:>16.4f}"
+                f"{_text(row.stderr, '.4f'):>10}{_text(row.mean_ess, '.1f'):>10}"
+                f"{_text(row.max_khat, '.2f'):>11}"
+            )
+        note = f"; {self.exact_note}" if self.exact_note else ""
+        lines.append(f"(nats per data point, N={self.num_data}){note}")
+        return "\n".join(lines)
+
+
+def compare(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    num_samples: Sequence[int] = (1, 10, 100, 1000),
+    num_replicates: int | None = None,
+    chunk_size: int | None = None,
+    seed: int | None = None,
+) -> Comparison:
+    """ELBO, IW_K for each K, and the exact log p(x) where it exists, averaged over points.
+
+    ELBO <= E[IW_K] <= E[IW_K'] <= log p(x) for K <= K' (Burda et al., 2016). Each IW row
+    averages R independent K-sample estimates per point (R = ``num_replicates``, by default
+    10 * max(K) / K, so every row costs the same number of particles) and its standard error
+    comes from their spread; the ELBO row averages log w over 10 * max(K) particles. IW at
+    K = 1 and the ELBO estimate the same quantity: both are shown.
+
+    :param num_samples: the K values, each >= 1.
+    :returns: a :class:`Comparison`, printable, with ``to_dict()`` and ``to_json()``.
+    """
+    ks = sorted({check_positive_int("num_samples", int(k)) for k in num_samples})
+    budget = 10 * ks[-1]
+    rows = [
+        _elbo_row(elbo(model, guide, x, num_particles=budget, chunk_size=chunk_size, seed=seed))
+    ]
+    for k in ks:
+        replicates = num_replicates or max(1, budget // k)
+        estimate = iw_log_marginal(
+            model,
+            guide,
+            x,
+            num_samples=k,
+            num_replicates=replicates,
+            chunk_size=chunk_size,
+            seed=None if seed is None else seed + k,
+        )
+        rows.append(
+            ComparisonRow(
+                "iw",
+                k,
+                estimate.mean,
+                estimate.stderr,
+                estimate.ess.mean().item(),
+                _nan_max(estimate.khat),
+            )
+        )
+    note = ""
+    try:
+        exact = exact_log_marginal(model, x)
+        rows.append(ComparisonRow("exact", None, exact.double().mean().item(), 0.0))
+    except NoExactValueError as error:
+        note = f"no exact value: {error}"
+    return Comparison(tuple(rows), x.shape[0], note)
+
+
+def _elbo_row(estimate) -> ComparisonRow:
+    return ComparisonRow("elbo", estimate.num_samples, estimate.mean, estimate.stderr)
+
+
+def _nan_max(values: torch.Tensor) -> float | None:
+    finite = values[~values.isnan()]
+    return finite.max().item() if finite.numel() else None
+
+
+def _text(value: float | int | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)

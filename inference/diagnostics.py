@@ -1,0 +1,219 @@
+"""Is the latent used? Rate, distortion, active units and mutual information of an encoder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import pyro.poutine as poutine
+import torch
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
+
+from inference._programs import (
+    ProgramInfo,
+    inspect_pair,
+    is_auxiliary,
+    log_density_per_point,
+    particle_plate,
+    per_point_sum,
+    sample_sites,
+    seeded,
+    trace_program,
+    vectorized_traces,
+)
+from inference._validate import check_data, check_positive_int
+from inference.exact import NoExactValueError, exact_log_marginal
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): Cov_x(E_q[z_i]) above this is active
+RATE_THRESHOLD = 0.05  # nats per point: below it the encoder carries (almost) nothing about x
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """How much a trained pair uses its latent, in nats per data point.
+
+    :ivar rate: mean KL(q(z given x) || p(z)) (analytic when both are Gaussian).
+    :ivar distortion: mean -E_q log p(x given z).
+    :ivar elbo: mean ELBO, E_q[log p(x, z) - log q(z given x)] by Monte Carlo (equal to
+        -(rate + distortion) in expectation).
+    :ivar active_units: latent dimensions i with Cov_x(E_q[z_i]) > 0.01 (continuous sites).
+    :ivar mutual_info: estimate of I_q(x; z) under the aggregate posterior (<= rate).
+    :ivar exact: mean exact log p(x), or None where no exact route exists.
+    :ivar gap: exact - elbo = mean KL(q(z given x) || p(z given x)), or None.
+    :ivar latent_ignored: rate < ``rate_threshold``.
+    :ivar rate_is_analytic: whether the rate used closed-form KLs.
+    """
+
+    rate: float
+    distortion: float
+    elbo: float
+    active_units: int
+    latent_dims: int
+    mutual_info: float
+    exact: float | None
+    gap: float | None
+    latent_ignored: bool
+    rate_threshold: float
+    rate_is_analytic: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def diagnose(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    num_particles: int = 16,
+    rate_threshold: float = RATE_THRESHOLD,
+    seed: int | None = None,
+) -> Diagnosis:
+    """Rate, distortion, active units, I_q(x; z) and the verdict ``latent_ignored``.
+
+    - rate R = E_x KL(q(z given x) || p(z)): per latent site, closed form when torch knows the KL
+      (Gaussians included), otherwise Monte Carlo E_q[log q - log p] over ``num_particles``.
+      A site whose prior depends on another latent uses its conditional KL, averaged over draws.
+    - distortion = -E_x E_q log p(x given z), so ELBO = -(R + distortion) (Alemi et al., 2018).
+    - active units: Cov_x(E_q[z_i]) > 0.01 (Burda et al., 2016), E_q[z] from the guide's
+      distributions (their mean, or Monte Carlo).
+    - I_q(x; z) = E_x E_q log q(z given x) - E_q(z) log q(z), with the aggregate posterior
+      q(z) = (1/N) sum_n q(z given x_n) evaluated on every data point (Hoffman and Johnson,
+      2016; He et al., 2019): O(N^2) guide evaluations, streamed.
+
+    :param x: data (N, D).
+    :returns: a :class:`Diagnosis` in nats per data point.
+    """
+    check_data(x)
+    check_positive_int("num_particles", num_particles)
+    if not rate_threshold > 0:
+        raise ValueError(f"rate_threshold must be > 0; got {rate_threshold!r}")
+    with torch.no_grad(), seeded(seed):
+        info = inspect_pair(model, guide, x)
+        model_trace, guide_trace = vectorized_traces(model, guide, x, num_particles, info)
+        rate, analytic = _rate(model_trace, guide_trace, info, num_particles)
+        log_likelihood = log_density_per_point(
+            model_trace, info, num_particles, info.observed_sites
+        )
+        log_prior_ratio = log_density_per_point(
+            model_trace, info, num_particles, info.latent_sites
+        ) - log_density_per_point(guide_trace, info, num_particles, info.latent_sites)
+        means = _posterior_means(guide_trace, info)  # (N, d)
+        mutual_info = _mutual_information(guide, x, info)
+    try:
+        exact = exact_log_marginal(model, x).double().mean().item()
+    except NoExactValueError:
+        exact = None
+    elbo_value = (log_likelihood + log_prior_ratio).mean().item()
+    active = (
+        int((means.var(0, unbiased=False) > ACTIVE_UNIT_THRESHOLD).sum()) if means.numel() else 0
+    )
+    return Diagnosis(
+        rate=rate,
+        distortion=-log_likelihood.mean().item(),
+        elbo=elbo_value,
+        active_units=active,
+        latent_dims=means.shape[-1],
+        mutual_info=mutual_info,
+        exact=exact,
+        gap=None if exact is None else exact - elbo_value,
+        latent_ignored=rate < rate_threshold,
+        rate_threshold=rate_threshold,
+        rate_is_analytic=analytic,
+    )
+
+
+def _rate(model_trace, guide_trace, info: ProgramInfo, num_particles: int) -> tuple[float, bool]:
+    """Mean over points of KL(q || p) summed over latent sites; and whether all were analytic."""
+    total, analytic = 0.0, True
+    for name in info.latent_sites:
+        guide_site, model_site = guide_trace.nodes[name], model_trace.nodes[name]
+        kl = _analytic_kl(guide_site["fn"], model_site["fn"])
+        if kl is None:
+            analytic = False
+            kl = guide_site["fn"].log_prob(guide_site["value"]) - model_site["fn"].log_prob(
+                guide_site["value"]
+            )
+        total = total + per_point_sum(kl, info, name).mean()
+    return float(total), analytic
+
+
+def _analytic_kl(q: Distribution, p: Distribution) -> torch.Tensor | None:
+    """KL(q || p) in closed form, batch-shaped, or None when torch has no formula for the pair."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        pass
+    q_gaussian, p_gaussian = _as_multivariate_normal(q), _as_multivariate_normal(p)
+    if q_gaussian is None or p_gaussian is None:
+        return None
+    return kl_divergence(q_gaussian, p_gaussian)
+
+
+def _as_multivariate_normal(fn: Distribution) -> MultivariateNormal | None:
+    """A diagonal Normal with one event dim, or a MultivariateNormal, as a MultivariateNormal."""
+    if isinstance(fn, MultivariateNormal):
+        return fn
+    if (
+        isinstance(fn, Independent)
+        and isinstance(fn.base_dist, Normal)
+        and fn.reinterpreted_batch_ndims == 1
+    ):
+        return MultivariateNormal(fn.base_dist.loc, scale_tril=torch.diag_embed(fn.base_dist.scale))
+    return None
+
+
+def _posterior_means(guide_trace, info: ProgramInfo) -> torch.Tensor:
+    """E_q[z] per data point for the continuous latent sites, concatenated: (N, d)."""
+    columns = []
+    for name in info.latent_sites:
+        site = guide_trace.nodes[name]
+        if site["fn"].support.is_discrete:
+            continue
+        try:
+            mean = site["fn"].mean.expand(site["value"].shape)
+        except NotImplementedError:
+            mean = site["value"]
+        mean = mean.mean(0, keepdim=True)  # average over particles (exact when fn.mean exists)
+        columns.append(_per_point_vector(mean, info, len(site["fn"].event_shape)))
+    if not columns:
+        return torch.zeros(info.num_data, 0)
+    return torch.cat(columns, -1).double()
+
+
+def _per_point_vector(value: torch.Tensor, info: ProgramInfo, event_dims: int) -> torch.Tensor:
+    """(1, 1.., N, 1.., *event) -> (N, e): the latent of each data point as a flat vector."""
+    return _data_first(value, event_dims, info).reshape(info.num_data, -1)
+
+
+def _data_first(value: torch.Tensor, event_dims: int, info: ProgramInfo) -> torch.Tensor:
+    """Pad a site value's batch dims to particles + every plate, then move data to dim 0."""
+    batch_rank = value.dim() - event_dims
+    value = value.reshape((1,) * (info.max_plate_nesting + 1 - batch_rank) + tuple(value.shape))
+    return value.movedim(info.max_plate_nesting + 1 + info.data_dim, 0)
+
+
+_CROSS_EVALS_PER_CHUNK = 2**18
+
+
+def _mutual_information(guide: Callable, x: torch.Tensor, info: ProgramInfo) -> float:
+    """I_q(x; z) ~ mean_n [log q(z_n | x_n) - log (1/N) sum_m q(z_n | x_m)], z_n ~ q(. | x_n)."""
+    trace = trace_program(guide, x)
+    names = [n for n, s in sample_sites(trace) if not is_auxiliary(s)]
+    own = log_density_per_point(trace, info, 1, names)[0]  # (N,)
+    # Draw n goes to the particle dim, so each particle n is evaluated at every data point m.
+    values = {
+        n: _data_first(trace.nodes[n]["value"], len(trace.nodes[n]["fn"].event_shape), info)
+        for n in names
+    }  # (N, 1.., 1, 1.., *event)
+    chunk = max(1, _CROSS_EVALS_PER_CHUNK // info.num_data)
+    cross = []
+    for start in range(0, info.num_data, chunk):
+        part = {n: v[start : start + chunk] for n, v in values.items()}
+        size = next(iter(part.values())).shape[0]
+        with particle_plate(size, info):
+            conditioned = trace_program(poutine.condition(guide, data=part), x)
+        log_q = log_density_per_point(conditioned, info, size, names)  # (size, N): q(z_n | x_m)
+        cross.append(torch.logsumexp(log_q.double(), dim=1) - math.log(info.num_data))
+    return (own.double() - torch.cat(cross)).mean().item()

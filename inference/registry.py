@@ -1,0 +1,63 @@
+"""Models and guides by name, for the command line (``lvm list`` shows them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyro.nn import PyroModule
+
+from guides import AmortizedCategorical, AmortizedGaussian, ExactPosterior, MeanField, PriorGuide
+from lvm_models import BernoulliVAE, GaussianMixture, GaussianVAE, LinearGaussian
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A named constructor and the line ``lvm list`` shows for it."""
+
+    build: Callable[..., PyroModule]
+    description: str
+
+
+MODELS: dict[str, Entry] = {
+    "factor-analysis": Entry(
+        lambda d, k: LinearGaussian(d, k, noise="diagonal"), "linear-Gaussian, diagonal noise"
+    ),
+    "ppca": Entry(
+        lambda d, k: LinearGaussian(d, k, noise="isotropic"), "probabilistic PCA (isotropic noise)"
+    ),
+    "gaussian-mixture": Entry(GaussianMixture, "mixture of diagonal Gaussians, k components"),
+    "gaussian-vae": Entry(
+        lambda d, k: GaussianVAE(d, k, covariance="diagonal"), "MLP decoder, diagonal Gaussian"
+    ),
+    "gaussian-vae-full": Entry(
+        lambda d, k: GaussianVAE(d, k, covariance="full"), "MLP mean, full-covariance Gaussian"
+    ),
+    "bernoulli-vae": Entry(BernoulliVAE, "MLP decoder, factorised Bernoulli (binary data)"),
+}
+
+GUIDES: dict[str, Entry] = {
+    "amortized-gaussian": Entry(
+        lambda model, num_data: AmortizedGaussian(model.data_dim, model.latent_dim),
+        "MLP encoder, diagonal Gaussian q(z|x)",
+    ),
+    "amortized-categorical": Entry(
+        lambda model, num_data: AmortizedCategorical(model.data_dim, model.latent_dim),
+        "MLP encoder, categorical q(z|x) (mixtures)",
+    ),
+    "prior": Entry(lambda model, num_data: PriorGuide(model), "q(z|x) = p(z)"),
+    "exact-posterior": Entry(
+        lambda model, num_data: ExactPosterior(model), "exact p(z|x) (linear-Gaussian models)"
+    ),
+    "mean-field": Entry(
+        lambda model, num_data: MeanField(num_data, model.latent_dim),
+        "one free Gaussian per data point (full batch)",
+    ),
+}
+
+
+def lookup(kind: str, table: dict[str, Entry], name: str) -> Entry:
+    """The entry called ``name``; a ValueError that lists the known names otherwise."""
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(table)}")
+    return table[name]

@@ -1,0 +1,369 @@
+"""Training a model and its guide by stochastic variational inference: :func:`fit`.
+
+Losses here are in nats per data point: the minibatch loss is scaled by N/B to estimate the
+full-data loss and reported divided by N, so histories of data sets of any size compare.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam, PyroOptim
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import Independent, Normal, kl_divergence
+from tqdm.auto import tqdm
+
+from inference._programs import (
+    ProgramInfo,
+    inspect_program,
+    sample_sites,
+    site_log_prob_per_point,
+    vectorized_traces,
+)
+from inference._validate import check_data, check_positive_int
+
+OBJECTIVES = ("elbo", "iwae")
+_PROGRESS_EVERY = 25  # steps between progress-bar refreshes
+_SMOOTHING = 0.05  # weight of the newest loss in the progress bar's moving average
+
+Loss = Callable[[Callable, Callable, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class History:
+    """The loss after each step: ``losses[i]`` (nats per point) is the loss of step ``steps[i]``."""
+
+    steps: tuple[int, ...]
+    losses: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, list]:
+        return {"steps": list(self.steps), "losses": list(self.losses)}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` reports; the trained parameters live in the model and guide.
+
+    :param history: the per-step loss, nats per data point.
+    :param final_loss: the mean loss over the last 10% of steps, nats per data point.
+    :param seconds: wall-clock training time.
+    :param objective: ``"elbo"`` or ``"iwae"``.
+    """
+
+    history: History
+    final_loss: float
+    seconds: float
+    objective: str
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    *,
+    objective: str = "elbo",
+    steps: int = 1000,
+    batch_size: int | None = None,
+    lr: float = 1e-2,
+    num_particles: int = 1,
+    seed: int | None = None,
+    progress: bool = True,
+    beta: float = 1.0,
+    kl_warmup_steps: int = 0,
+    free_bits: float = 0.0,
+    optimizer: PyroOptim | None = None,
+    callback: Callable[[int, Callable, Callable], object] | None = None,
+    callback_every: int = 100,
+) -> FitResult:
+    """Fit ``model`` and ``guide`` to ``data`` by maximising a variational bound with ``SVI``.
+
+    ``objective="elbo"`` maximises the ELBO (Kingma and Welling, 2014) with ``Trace_ELBO``,
+    ``sum_n E_q[log p(x_n, z) - log q(z given x_n)]``, each expectation estimated with
+    ``num_particles`` samples. ``objective="iwae"`` maximises the importance-weighted bound
+    (Burda et al., 2016) with K = ``num_particles``,
+    ``sum_n E[log (1/K) sum_k p(x_n, z_k) / q(z_k given x_n)]``. That is the bound of Pyro's
+    ``RenyiELBO(alpha=0)``, computed here as a differentiable loss because ``RenyiELBO``
+    only offers ``loss_and_grads``, which cannot be scaled for minibatches; its gradient is
+    pathwise, so every latent site must be reparameterisable.
+
+    Remedies for posterior collapse, all off by default:
+
+    - ``beta`` weights the log-densities of the latent sites, in model and guide, so the
+      ELBO becomes ``E_q[log p(x given z)] - beta KL(q(z given x) || p(z))`` (beta-VAE,
+      Higgins et al., 2017). Latent sites are found from the trace, never by name.
+    - ``kl_warmup_steps`` = W > 0 raises that weight linearly: step t (from 0) uses
+      ``beta * min(1, (t + 1) / W)`` (Bowman et al., 2016).
+    - ``free_bits`` = lambda > 0 replaces the KL term by ``N sum_j max(lambda, KL_j)``, KL_j
+      the analytic KL of latent dimension j averaged over the minibatch (Kingma et al.,
+      2016); it needs factorised Gaussian latent sites in model and guide (``Normal`` or
+      ``Normal(...).to_event(...)``) and ``objective="elbo"``.
+
+    Each step draws ``batch_size`` rows without replacement (from a generator seeded by
+    ``seed``) and scales the loss by N / batch_size, an unbiased estimate of the full-data
+    loss (for the ELBO and IWAE, which are sums over points; not for free bits, whose floor
+    applies to a batch mean). Parameters stay in the model's
+    and guide's modules or in the param store where a user's ``pyro.module`` put them; the
+    param store is never cleared.
+
+    Example::
+
+        model, guide = LinearGaussian(6, 2), AmortizedGaussian(6, 2)
+        result = fit(model, guide, x, steps=2000, batch_size=256, seed=0)
+        result.final_loss    # -ELBO in nats per point; on average >= -model.log_marginal(x).mean()
+
+    :param data: an (N, D) float tensor.
+    :param steps: the number of optimisation steps.
+    :param batch_size: B, the rows per step; None (default) or N trains full-batch.
+    :param lr: the learning rate of the default optimiser.
+    :param num_particles: samples per point: of the ELBO's expectations, or K of the IWAE bound.
+    :param progress: show a tqdm bar with a moving average of the loss.
+    :param optimizer: any ``pyro.optim.PyroOptim``; default ``pyro.optim.Adam({"lr": lr})``.
+    :param callback: called as ``callback(step, model, guide)`` after every
+        ``callback_every``-th step (step counted from 0), e.g. to record diagnostics.
+    :param seed: sets Pyro's RNG (``pyro.set_rng_seed``) and the minibatch generator; the
+        same seed and the same initial parameters give the same history and parameters.
+    :returns: a :class:`FitResult`. The loss of a step is the negative (beta-weighted) bound
+        of its minibatch, times N / B, divided by N: nats per data point, evaluated before
+        that step's update.
+    """
+    x = check_data(data, "data")
+    num_data = x.shape[0]
+    _check_options(
+        num_data,
+        objective=objective,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        num_particles=num_particles,
+        seed=seed,
+        beta=beta,
+        kl_warmup_steps=kl_warmup_steps,
+        free_bits=free_bits,
+        optimizer=optimizer,
+        callback_every=callback_every,
+    )
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    info = inspect_program(model, x, guide)
+    loss = _scaled_to_full_data(
+        _objective_loss(objective, num_particles, free_bits, info), num_data
+    )
+    svi = SVI(model, guide, optimizer or Adam({"lr": lr}), loss=loss)
+    batches = _minibatches(x, batch_size, seed)
+
+    losses = []
+    smoothed = math.nan
+    start = time.perf_counter()
+    bar = tqdm(range(steps), disable=not progress, desc=f"fit ({objective})")
+    for step in bar:
+        batch = next(batches)
+        with _ScaleLatent(_beta_at(step, beta, kl_warmup_steps)):
+            losses.append(svi.step(batch) / num_data)
+        smoothed = losses[-1] if step == 0 else smoothed + _SMOOTHING * (losses[-1] - smoothed)
+        if step % _PROGRESS_EVERY == 0:
+            bar.set_postfix(loss=f"{smoothed:.4g}", refresh=False)
+        if callback is not None and (step + 1) % callback_every == 0:
+            callback(step, model, guide)
+    seconds = time.perf_counter() - start
+    tail = losses[-max(1, steps // 10) :]
+    history = History(tuple(range(steps)), tuple(losses))
+    return FitResult(history, sum(tail) / len(tail), seconds, objective)
+
+
+def _check_options(
+    num_data: int,
+    *,
+    objective: str,
+    steps: int,
+    batch_size: int | None,
+    lr: float,
+    num_particles: int,
+    seed: int | None,
+    beta: float,
+    kl_warmup_steps: int,
+    free_bits: float,
+    optimizer: PyroOptim | None,
+    callback_every: int,
+) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+    for name, value in (
+        ("steps", steps),
+        ("num_particles", num_particles),
+        ("callback_every", callback_every),
+    ):
+        check_positive_int(name, value)
+    for name, value, lowest in (("batch_size", batch_size, 1), ("seed", seed, 0)):
+        if value is not None and not _is_int_at_least(value, lowest):
+            raise ValueError(f"{name} must be None or an integer >= {lowest}; got {value!r}")
+    if batch_size is not None and batch_size > num_data:
+        raise ValueError(f"batch_size must be at most N={num_data}; got {batch_size}")
+    if not _is_int_at_least(kl_warmup_steps, 0):
+        raise ValueError(f"kl_warmup_steps must be an integer >= 0; got {kl_warmup_steps!r}")
+    for name, value, positive in (
+        ("lr", lr, True),
+        ("beta", beta, False),
+        ("free_bits", free_bits, False),
+    ):
+        if not (isinstance(value, (int, float)) and math.isfinite(value)) or (
+            value <= 0 if positive else value < 0
+        ):
+            raise ValueError(
+                f"{name} must be a finite number {'> 0' if positive else '>= 0'}; got {value!r}"
+            )
+    if free_bits > 0 and objective != "elbo":
+        raise ValueError(f"free_bits needs objective='elbo'; got objective={objective!r}")
+    if optimizer is not None and not isinstance(optimizer, PyroOptim):
+        raise TypeError(f"optimizer must be a pyro.optim.PyroOptim; got {type(optimizer).__name__}")
+
+
+def _is_int_at_least(value: object, lowest: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
+
+
+def _minibatches(
+    x: torch.Tensor, batch_size: int | None, seed: int | None
+) -> Iterator[torch.Tensor]:
+    """Endless minibatches: ``batch_size`` rows of x drawn without replacement, or all of x.
+
+    The rows come from their own generator, seeded by ``seed`` (or by Pyro's RNG when None).
+    """
+    num_data = x.shape[0]
+    if batch_size is None or batch_size == num_data:
+        # In order: a guide with one parameter per row (MeanField) needs every row in place.
+        while True:
+            yield x
+    generator = torch.Generator().manual_seed(
+        seed if seed is not None else int(torch.randint(2**62, ()))
+    )
+    while True:
+        yield x[torch.randperm(num_data, generator=generator)[:batch_size]]  # (B, D)
+
+
+def _beta_at(step: int, beta: float, warmup_steps: int) -> float:
+    """The KL weight at ``step`` (from 0): beta, ramped up linearly over ``warmup_steps``."""
+    if warmup_steps == 0:
+        return beta
+    return beta * min(1.0, (step + 1) / warmup_steps)
+
+
+class _ScaleLatent(Messenger):
+    """Multiplies the log-density of every latent (unobserved) sample site by ``scale``.
+
+    Pyro's ``poutine.scale`` scales every site; beta must leave the observed sites alone.
+    """
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg):
+            msg["scale"] = self.scale * msg["scale"]
+
+
+def _scaled_to_full_data(loss: Loss, num_data: int) -> Loss:
+    """A loss on a minibatch of B points, times N / B: an unbiased estimate of the full loss."""
+
+    def scaled_loss(model: Callable, guide: Callable, batch: torch.Tensor) -> torch.Tensor:
+        return loss(model, guide, batch) * (num_data / batch.shape[0])
+
+    return scaled_loss
+
+
+def _objective_loss(
+    objective: str, num_particles: int, free_bits: float, info: ProgramInfo
+) -> Loss:
+    if objective == "iwae":
+        return _iwae_loss(num_particles, info)
+    if free_bits > 0:
+        return _free_bits_loss(free_bits, num_particles, info)
+    elbo = Trace_ELBO(
+        num_particles=num_particles,
+        vectorize_particles=True,
+        max_plate_nesting=info.max_plate_nesting,
+    )
+    return elbo.differentiable_loss
+
+
+def _scaled_log_density(
+    trace: Trace, info: ProgramInfo, observed: bool | None = None
+) -> torch.Tensor:
+    """Sum of the sites' scaled log-densities per particle and point, shape (K or 1, B or 1).
+
+    ``observed`` picks the observed (True) or latent (False) sites; None takes all.
+    """
+    total = torch.zeros(())
+    for _, site in sample_sites(trace):
+        if observed is None or site["is_observed"] == observed:
+            total = total + site["scale"] * site_log_prob_per_point(site, info)
+    return total
+
+
+def _iwae_loss(num_particles: int, info: ProgramInfo) -> Loss:
+    """-sum_n [logsumexp_k log w_kn - log K], log w = log p(x, z) - log q(z given x)."""
+
+    def loss(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
+        model_trace, guide_trace = vectorized_traces(model, guide, x, num_particles, info)
+        for name, site in sample_sites(guide_trace):
+            if not site["fn"].has_rsample:
+                raise ValueError(
+                    f"objective='iwae' needs reparameterised latent sites; guide site '{name}' "
+                    f"({type(site['fn']).__name__}) has no rsample"
+                )
+        log_weights = _scaled_log_density(model_trace, info) - _scaled_log_density(
+            guide_trace, info
+        )
+        log_weights = log_weights.expand(num_particles, x.shape[0])  # (K, B)
+        return -(torch.logsumexp(log_weights, 0) - math.log(num_particles)).sum()
+
+    return loss
+
+
+def _free_bits_loss(free_bits: float, num_particles: int, info: ProgramInfo) -> Loss:
+    """-sum_n E_q log p(x_n given z) + B sum_j max(lambda, KL_j), KL_j averaged over the batch."""
+
+    def loss(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
+        model_trace, guide_trace = vectorized_traces(model, guide, x, num_particles, info)
+        log_likelihood = _scaled_log_density(model_trace, info, observed=True)  # (K, B)
+        kl = torch.zeros(())
+        for name, guide_site in sample_sites(guide_trace):
+            kl_per_unit = _mean_kl_per_unit(name, guide_site, model_trace.nodes[name], info)
+            kl = kl + guide_site["scale"] * kl_per_unit.clamp_min(free_bits).sum()
+        return -log_likelihood.mean(0).sum() + x.shape[0] * kl
+
+    return loss
+
+
+def _mean_kl_per_unit(
+    name: str, guide_site: dict, model_site: dict, info: ProgramInfo
+) -> torch.Tensor:
+    """KL(q || p) of each latent unit, averaged over particles and data points.
+
+    The units are the latent dimensions (the event dims of the Normal) and the indices of any
+    plate other than the data plate.
+    """
+    q = _factorised_normal(name, guide_site["fn"], "guide")
+    p = _factorised_normal(name, model_site["fn"], "model")
+    kl = kl_divergence(q, p)  # (K, ..., B, ..., *event)
+    rank = info.max_plate_nesting + 1
+    return kl.mean(dim=(0, rank + info.data_dim))
+
+
+def _factorised_normal(name: str, distribution: object, role: str) -> Normal:
+    while isinstance(distribution, Independent):
+        distribution = distribution.base_dist
+    if not isinstance(distribution, Normal):
+        raise ValueError(
+            f"free_bits needs factorised Gaussian latent sites (Normal or Normal.to_event); "
+            f"the {role}'s site '{name}' has {type(distribution).__name__}"
+        )
+    return distribution

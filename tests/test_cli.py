@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from inference.cli import main
+
+
+def test_fit_writes_json_with_diagnosis_and_comparison(tmp_path, capsys):
+    out = tmp_path / "fit.json"
+    code = main(
+        [
+            "fit",
+            "--steps",
+            "50",
+            "--eval-points",
+            "50",
+            "--num-samples",
+            "1",
+            "10",
+            "--quiet",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == "ppca" and len(report["history"]["losses"]) == 50
+    estimators = [row["estimator"] for row in report["comparison"]["rows"]]
+    assert estimators == ["elbo", "iw", "iw", "exact"]
+    assert "mean log p(x)" in capsys.readouterr().out
+
+
+def test_list_names_data_models_and_guides(capsys):
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert "two-moons" in text and "gaussian-vae-full" in text and "exact-posterior" in text
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"), [("--model", "nope"), ("--guide", "nope"), ("--data", "nope")]
+)
+def test_unknown_names_exit_2_with_one_line(argument, value):
+    result = subprocess.run(
+        [sys.executable, "-m", "inference.cli", "fit", argument, value, "--steps", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "unknown" in result.stderr and value in result.stderr
+
+
+def test_exact_prints_closed_form_ppca_and_gaussian_references(capsys):
+    assert main(["exact", "--data", "correlated-gaussian"]) == 0
+    text = capsys.readouterr().out
+    assert "ppca_exact_log_px" in text and "gaussian_full_ml_log_px" in text
