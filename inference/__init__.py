@@ -6,12 +6,14 @@ observed from the trace.
 """
 
 from inference.bounds import Estimate, ImportanceEstimate, elbo, iw_log_marginal
+from inference.checks import BoundsReport, check_bounds
 from inference.compare import Comparison, ComparisonRow, compare
 from inference.diagnostics import Diagnosis, diagnose
 from inference.exact import NoExactValueError, exact_log_marginal
 from inference.train import FitResult, History, fit
 
 __all__ = [
+    "BoundsReport",
     "Comparison",
     "ComparisonRow",
     "Diagnosis",
@@ -20,6 +22,7 @@ __all__ = [
     "History",
     "ImportanceEstimate",
     "NoExactValueError",
+    "check_bounds",
     "compare",
     "diagnose",
     "elbo",

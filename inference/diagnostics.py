@@ -145,13 +145,13 @@ def _analytic_kl(q: Distribution, p: Distribution) -> torch.Tensor | None:
         return kl_divergence(q, p)
     except NotImplementedError:
         pass
-    q_gaussian, p_gaussian = _as_multivariate_normal(q), _as_multivariate_normal(p)
+    q_gaussian, p_gaussian = as_multivariate_normal(q), as_multivariate_normal(p)
     if q_gaussian is None or p_gaussian is None:
         return None
     return kl_divergence(q_gaussian, p_gaussian)
 
 
-def _as_multivariate_normal(fn: Distribution) -> MultivariateNormal | None:
+def as_multivariate_normal(fn: Distribution) -> MultivariateNormal | None:
     """A diagonal Normal with one event dim, or a MultivariateNormal, as a MultivariateNormal."""
     if isinstance(fn, MultivariateNormal):
         return fn

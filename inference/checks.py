@@ -1,0 +1,141 @@
+"""``check_bounds``: the bound properties, run on any model/guide pair a user brings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from scipy.stats import norm
+
+from inference._validate import check_data, check_positive_int
+from inference.bounds import Estimate, elbo, iw_log_marginal
+from inference.exact import NoExactValueError, exact_log_marginal
+
+_ZERO_VARIANCE = 1e-9  # per-point standard error below this: the weights are constant
+_EXACT_TOLERANCE = 1e-6  # nats: float round-off allowed where a check is exact
+_MIN_REPLICATES = 10
+
+
+@dataclass(frozen=True)
+class BoundsReport:
+    """What :func:`check_bounds` measured, all in nats, per point (N,) or per K."""
+
+    elbo: Estimate
+    iw: dict[int, Estimate]
+    exact: torch.Tensor | None
+    z: float
+    checks: tuple[str, ...]
+
+
+def check_bounds(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    num_samples: Sequence[int] = (1, 10, 100),
+    particles_per_row: int = 2000,
+    false_alarm_rate: float = 1e-3,
+    exact: torch.Tensor | None = None,
+    seed: int = 0,
+) -> BoundsReport:
+    """Check ELBO <= E[IW_K] <= E[IW_K'] <= log p(x) (K <= K') per point, and tightness.
+
+    For each point: the ELBO and each E[IW_K] are estimated with ``particles_per_row``
+    particles (IW_K as the mean of particles_per_row / K independent K-sample estimates) and
+    their own standard errors (for IW, the larger of the replicates' spread and the delta
+    method). An inequality a <= b fails when a - b > z * se(a - b), with z
+    from a Bonferroni correction over every comparison made, so that a correct estimator on a
+    correct pair fails with probability at most ``false_alarm_rate``. Tightness is checked
+    exactly: where the log weights of a point have zero variance (q is the exact posterior,
+    e.g. a decoder that ignores z with q = prior), ELBO, every IW_K and log p(x) must agree
+    to 1e-6 nats.
+
+    ``exact`` defaults to :func:`exact_log_marginal` where that has a route; without it the
+    checks against log p(x) are skipped (the report says which ran).
+
+    :raises AssertionError: naming the violated inequality, the points and the figures.
+    :returns: a :class:`BoundsReport` when every check passes.
+    """
+    check_data(x)
+    ks = sorted({check_positive_int("num_samples", int(k)) for k in num_samples})
+    check_positive_int("particles_per_row", particles_per_row)
+    if not 0 < false_alarm_rate < 1:
+        raise ValueError(f"false_alarm_rate must be in (0, 1); got {false_alarm_rate!r}")
+    if exact is None:
+        try:
+            exact = exact_log_marginal(model, x)
+        except NoExactValueError:
+            exact = None
+    bound = elbo(model, guide, x, num_particles=particles_per_row, seed=seed)
+    iw = {k: _iw_with_robust_stderr(model, guide, x, k, particles_per_row, seed + k) for k in ks}
+    rows = [("ELBO", bound)] + [(f"IW_{k}", iw[k]) for k in ks]
+    comparisons = len(rows) - 1 + (len(rows) if exact is not None else 0)
+    z = float(norm.isf(false_alarm_rate / (2 * comparisons * x.shape[0])))
+    checks = []
+    for (low_name, low), (high_name, high) in zip(rows[:-1], rows[1:]):
+        _check_ordered(low_name, low.per_point, low.per_point_stderr, high_name, high, z)
+        checks.append(f"{low_name} <= {high_name}")
+    if exact is not None:
+        exact = exact.to(bound.per_point.dtype)
+        exact_row = Estimate(exact, torch.zeros_like(exact), 0)
+        for name, row in rows:
+            _check_ordered(name, row.per_point, row.per_point_stderr, "log p(x)", exact_row, z)
+            checks.append(f"{name} <= log p(x)")
+        _check_tight(bound, rows, exact)
+        checks.append("tight where the weights have zero variance")
+    return BoundsReport(bound, iw, exact, z, tuple(checks))
+
+
+def _iw_with_robust_stderr(
+    model: Callable, guide: Callable, x: torch.Tensor, k: int, particles: int, seed: int
+) -> Estimate:
+    """E[IW_K] per point from R >= 10 replicates, with the larger of two standard errors.
+
+    The spread of a few replicates understates the error of heavy-tailed weights; the
+    delta method on all K R weights, sqrt((K R / ESS - 1) / (K R)), is a second opinion.
+    """
+    replicates = max(_MIN_REPLICATES, particles // k)
+    estimate = iw_log_marginal(model, guide, x, num_samples=k, num_replicates=replicates, seed=seed)
+    total = k * replicates
+    delta_method = ((total / estimate.ess - 1).clamp_min(0) / total).sqrt()
+    return Estimate(estimate.per_point, torch.maximum(estimate.per_point_stderr, delta_method), k)
+
+
+def _check_ordered(
+    low_name: str,
+    low: torch.Tensor,
+    low_stderr: torch.Tensor,
+    high_name: str,
+    high: Estimate,
+    z: float,
+) -> None:
+    """Fail where low - high exceeds z standard errors of the difference (plus round-off)."""
+    stderr = (low_stderr.nan_to_num(0.0) ** 2 + high.per_point_stderr.nan_to_num(0.0) ** 2).sqrt()
+    excess = low - high.per_point - z * stderr - _EXACT_TOLERANCE
+    bad = (excess > 0).nonzero().flatten()
+    if bad.numel():
+        shown = ", ".join(
+            f"point {int(n)}: {low_name}={low[n].item():.6f} > {high_name}="
+            f"{high.per_point[n].item():.6f} (se of difference {stderr[n].item():.2e})"
+            for n in bad[:5]
+        )
+        raise AssertionError(
+            f"violated {low_name} <= {high_name} at {bad.numel()} of {low.numel()} points "
+            f"(z = {z:.2f}): {shown}"
+        )
+
+
+def _check_tight(bound: Estimate, rows: list[tuple[str, Estimate]], exact: torch.Tensor) -> None:
+    """Where every log weight of a point is the same, each estimate must equal log p(x)."""
+    constant = bound.per_point_stderr < _ZERO_VARIANCE
+    for name, row in rows:
+        gap = (row.per_point - exact).abs()
+        bad = (constant & (gap > _EXACT_TOLERANCE)).nonzero().flatten()
+        if bad.numel():
+            n = int(bad[0])
+            raise AssertionError(
+                f"violated tightness ({name} = log p(x) where the log weights have zero "
+                f"variance) at {bad.numel()} points, e.g. point {n}: {name}="
+                f"{row.per_point[n].item():.6f}, log p(x)={exact[n].item():.6f}"
+            )
