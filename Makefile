@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lvm fit --model ppca --guide amortized-gaussian --data correlated-gaussian --json results/fit.json
+	$(BIN)/lvm collapse --out results
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

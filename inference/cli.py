@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from inference import plots
 from inference.compare import compare
 from inference.diagnostics import diagnose
 from inference.exact import exact_log_marginal
+from inference.experiments import DEFAULT_BUDGET, EXPERIMENTS, QUICK_BUDGET
 from inference.registry import GUIDES, MODELS, lookup
 from inference.train import fit
 from lvm_models import datasets, ppca_max_likelihood
@@ -53,7 +57,7 @@ def _fit(args: argparse.Namespace) -> dict:
             x,
             objective=args.objective,
             steps=args.steps,
-            batch_size=min(args.batch_size, x.shape[0]) if args.batch_size else None,
+            batch_size=min(args.batch_size, x.shape[0]),
             lr=args.lr,
             seed=args.seed,
             progress=not args.quiet,
@@ -72,6 +76,72 @@ def _fit(args: argparse.Namespace) -> dict:
         "diagnosis": diagnosis.to_dict(),
         "comparison": table.to_dict(),
     }
+
+
+def _collapse(args: argparse.Namespace) -> dict:
+    """All four experiments: summary table, results.json and plots in ``args.out``."""
+    budget = QUICK_BUDGET if args.quick else DEFAULT_BUDGET
+    results = []
+    for experiment in EXPERIMENTS:
+        print(f"[lvm collapse] {experiment.__doc__.split(':')[0].strip()}", file=sys.stderr)
+        results += experiment(budget, args.seed, not args.quiet)
+    print(format_summary(results))
+    for result in results:
+        print(f"{result.key:<3} {result.finding()}")
+    report = {
+        "budget": asdict(budget),
+        "seed": args.seed,
+        "experiments": [result.to_dict() for result in results],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    figures = [
+        plots.plot_training_curves(results, args.out / "training_curves.png"),
+        plots.plot_rates(results, args.out / "rates.png"),
+        plots.plot_iw_against_k(results, args.out / "iw_against_k.png"),
+    ]
+    print(f"wrote {args.out / 'results.json'} and {', '.join(str(f) for f in figures)}")
+    return report
+
+
+def format_summary(results: list) -> str:
+    """One row per experiment, in nats per data point."""
+    header = (
+        "exp",
+        "data",
+        "decoder",
+        "powerful",
+        "ELBO",
+        "IW_K",
+        "K",
+        "exact",
+        "rate",
+        "active",
+        "latent ignored",
+    )
+    rows = [header]
+    for result in results:
+        rows.append(
+            (
+                result.key,
+                result.data,
+                result.decoder,
+                "yes" if result.powerful else "no",
+                f"{result.elbo:.3f}",
+                f"{result.iw.mean:.3f}",
+                str(result.largest_k),
+                "-" if result.exact is None else f"{result.exact:.3f}",
+                f"{result.diagnosis.rate:.3f}",
+                str(result.diagnosis.active_units),
+                "yes" if result.diagnosis.latent_ignored else "no",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines) + "\n(nats per data point; IW_K and exact on the evaluation points)"
 
 
 def _list(args: argparse.Namespace) -> dict:
@@ -96,10 +166,29 @@ def _print_pairs(pairs: dict) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
+def _integer_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, or a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}; got {value}")
+        return value
+
+    return parse
+
+
 def _add_data_options(parser: argparse.ArgumentParser, default_data: str) -> None:
     parser.add_argument("--data", default=default_data, help="a data set (see `lvm list`)")
-    parser.add_argument("--latent-dim", type=int, default=2, help="k (components for mixtures)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds data, training and estimates")
+    parser.add_argument(
+        "--latent-dim", type=_integer_at_least(1), default=2, help="k (components for mixtures)"
+    )
+    parser.add_argument(
+        "--seed", type=_integer_at_least(0), default=0, help="seeds data, training and estimates"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
 
 
@@ -121,16 +210,38 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_options(command, "correlated-gaussian")
         command.add_argument("--model", default="ppca", help="a model (see `lvm list`)")
         command.add_argument("--guide", default="amortized-gaussian", help="a guide")
-        command.add_argument("--steps", type=int, default=2000, help="SVI steps (0: no training)")
-        command.add_argument("--batch-size", type=int, default=256)
+        command.add_argument(
+            "--steps", type=_integer_at_least(0), default=2000, help="SVI steps (0: no training)"
+        )
+        command.add_argument(
+            "--batch-size", type=_integer_at_least(1), default=256, help="rows per step (at most N)"
+        )
         command.add_argument("--lr", type=float, default=1e-2)
         command.add_argument("--objective", default="elbo", choices=["elbo", "iwae"])
         command.add_argument(
-            "--num-samples", type=int, nargs="+", default=[1, 10, 100], help="the K values"
+            "--num-samples",
+            type=_integer_at_least(1),
+            nargs="+",
+            default=[1, 10, 100],
+            help="the K values",
         )
-        command.add_argument("--eval-points", type=int, default=500, help="points to evaluate")
+        command.add_argument(
+            "--eval-points", type=_integer_at_least(1), default=500, help="points to evaluate"
+        )
         command.add_argument("--quiet", action="store_true", help="no progress bar")
         command.set_defaults(run=_fit)
+    collapse = commands.add_parser(
+        "collapse",
+        help="the essay's experiments: when does a VAE ignore its latent? (table, JSON, plots)",
+    )
+    collapse.add_argument("--quick", action="store_true", help="a smaller run (under a minute)")
+    collapse.add_argument("--out", type=Path, default=Path("results"), help="output folder")
+    collapse.add_argument(
+        "--seed", type=_integer_at_least(0), default=0, help="seeds data, training, estimates"
+    )
+    collapse.add_argument("--quiet", action="store_true", help="no progress bars")
+    collapse.add_argument("--json", type=Path, help="also write the results as JSON here")
+    collapse.set_defaults(run=_collapse)
     listing = commands.add_parser("list", help="name the built-in data sets, models and guides")
     listing.add_argument("--json", type=Path, help="also write the lists as JSON to this file")
     listing.set_defaults(run=_list)

@@ -74,6 +74,8 @@ def compare(
     *,
     num_samples: Sequence[int] = (1, 10, 100, 1000),
     num_replicates: int | None = None,
+    particles_per_row: int | None = None,
+    exact: torch.Tensor | None = None,
     chunk_size: int | None = None,
     seed: int | None = None,
 ) -> Comparison:
@@ -81,15 +83,17 @@ def compare(
 
     ELBO <= E[IW_K] <= E[IW_K'] <= log p(x) for K <= K' (Burda et al., 2016). Each IW row
     averages R independent K-sample estimates per point (R = ``num_replicates``, by default
-    10 * max(K) / K, so every row costs the same number of particles) and its standard error
-    comes from their spread; the ELBO row averages log w over 10 * max(K) particles. IW at
+    ``particles_per_row`` / K, so every row costs the same number of particles; that budget
+    defaults to 10 * max(K)) and its standard error comes from their spread (the delta method
+    when R = 1); the ELBO row averages log w over the same budget. IW at
     K = 1 and the ELBO estimate the same quantity: both are shown.
 
     :param num_samples: the K values, each >= 1.
+    :param exact: a precomputed exact log p(x) (N,); by default :func:`exact_log_marginal`.
     :returns: a :class:`Comparison`, printable, with ``to_dict()`` and ``to_json()``.
     """
     ks = sorted({check_positive_int("num_samples", int(k)) for k in num_samples})
-    budget = 10 * ks[-1]
+    budget = check_positive_int("particles_per_row", particles_per_row or 10 * ks[-1])
     rows = [
         _elbo_row(elbo(model, guide, x, num_particles=budget, chunk_size=chunk_size, seed=seed))
     ]
@@ -116,7 +120,7 @@ def compare(
         )
     note = ""
     try:
-        exact = exact_log_marginal(model, x)
+        exact = exact_log_marginal(model, x) if exact is None else exact
         rows.append(ComparisonRow("exact", None, exact.double().mean().item(), 0.0))
     except NoExactValueError as error:
         note = f"no exact value: {error}"

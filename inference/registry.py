@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pyro.nn import PyroModule
 
 from guides import AmortizedCategorical, AmortizedGaussian, ExactPosterior, MeanField, PriorGuide
-from lvm_models import BernoulliVAE, GaussianMixture, GaussianVAE, LinearGaussian
+from lvm_models import AutoregressiveVAE, BernoulliVAE, GaussianMixture, GaussianVAE, LinearGaussian
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ MODELS: dict[str, Entry] = {
         lambda d, k: GaussianVAE(d, k, covariance="full"), "MLP mean, full-covariance Gaussian"
     ),
     "bernoulli-vae": Entry(BernoulliVAE, "MLP decoder, factorised Bernoulli (binary data)"),
+    "autoregressive-vae": Entry(
+        AutoregressiveVAE, "MADE decoder, autoregressive Bernoulli (binary data)"
+    ),
 }
 
 GUIDES: dict[str, Entry] = {

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
-from pyro.optim import Adam, PyroOptim
+from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
@@ -29,6 +29,7 @@ from inference._programs import (
     vectorized_traces,
 )
 from inference._validate import check_data, check_positive_int
+from inference.optim import MultiTensorAdam
 
 OBJECTIVES = ("elbo", "iwae")
 _PROGRESS_EVERY = 25  # steps between progress-bar refreshes
@@ -125,7 +126,8 @@ def fit(
     :param lr: the learning rate of the default optimiser.
     :param num_particles: samples per point: of the ELBO's expectations, or K of the IWAE bound.
     :param progress: show a tqdm bar with a moving average of the loss.
-    :param optimizer: any ``pyro.optim.PyroOptim``; default ``pyro.optim.Adam({"lr": lr})``.
+    :param optimizer: any ``pyro.optim.PyroOptim``; default Adam with learning rate ``lr``
+        (:class:`~inference.optim.MultiTensorAdam`, ``pyro.optim.Adam`` in one foreach step).
     :param callback: called as ``callback(step, model, guide)`` after every
         ``callback_every``-th step (step counted from 0), e.g. to record diagnostics.
     :param seed: sets Pyro's RNG (``pyro.set_rng_seed``) and the minibatch generator; the
@@ -156,7 +158,7 @@ def fit(
     loss = _scaled_to_full_data(
         _objective_loss(objective, num_particles, free_bits, info), num_data
     )
-    svi = SVI(model, guide, optimizer or Adam({"lr": lr}), loss=loss)
+    svi = SVI(model, guide, optimizer or MultiTensorAdam({"lr": lr}), loss=loss)
     batches = _minibatches(x, batch_size, seed)
 
     losses = []

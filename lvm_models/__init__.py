@@ -6,11 +6,13 @@ Every model is a :class:`pyro.nn.PyroModule` whose ``forward(x)`` draws the late
 
 from lvm_models import datasets
 from lvm_models._base import LatentVariableModel
+from lvm_models.autoregressive import AutoregressiveVAE
 from lvm_models.linear_gaussian import LinearGaussian, ppca_max_likelihood
 from lvm_models.mixture import GaussianMixture
 from lvm_models.vae import BernoulliVAE, GaussianVAE
 
 __all__ = [
+    "AutoregressiveVAE",
     "BernoulliVAE",
     "GaussianMixture",
     "GaussianVAE",

@@ -268,18 +268,12 @@ def dequantized_digits(seed: int = 0) -> Dataset:
     )
 
 
-def gaussian_max_log_likelihood(x: torch.Tensor, covariance: str = "full") -> torch.Tensor:
-    """Per-point log N(x_n; mean_hat, Sigma_hat) in nats under the Gaussian fitted to x by ML.
+def max_likelihood_gaussian(x: torch.Tensor, covariance: str = "full") -> MultivariateNormal:
+    """The Gaussian fitted to x (N, D) by maximum likelihood, in float64.
 
     mean_hat is the sample mean and Sigma_hat = (1/N) sum_n (x_n - mean_hat)(x_n - mean_hat)^T the
-    biased sample covariance, or its diagonal for ``covariance="diagonal"``. The mean over points,
-    -0.5 * (D log(2 pi) + log det Sigma_hat + D), is the largest average log-likelihood that any
-    Gaussian (resp. diagonal Gaussian) reaches on x: an in-sample reference for models that
-    contain that family.
+    biased sample covariance, or its diagonal for ``covariance="diagonal"``.
 
-    :param x: (N, D) data with N >= 2.
-    :param covariance: ``"full"`` or ``"diagonal"``.
-    :returns: (N,) float64 tensor.
     :raises ValueError: for another ``covariance``, x not 2-D or with fewer than 2 rows, or a
         singular Sigma_hat (a constant column, or collinear columns for ``"full"``).
     """
@@ -299,7 +293,22 @@ def gaussian_max_log_likelihood(x: torch.Tensor, covariance: str = "full") -> to
             "x has a singular sample covariance (a constant or collinear column), "
             "so no maximum-likelihood Gaussian density exists"
         )
-    return MultivariateNormal(mean, scale_tril=cholesky).log_prob(points)
+    return MultivariateNormal(mean, scale_tril=cholesky)
+
+
+def gaussian_max_log_likelihood(x: torch.Tensor, covariance: str = "full") -> torch.Tensor:
+    """Per-point log N(x_n; mean_hat, Sigma_hat) in nats under the Gaussian fitted to x by ML.
+
+    See :func:`max_likelihood_gaussian`. The mean over points,
+    -0.5 * (D log(2 pi) + log det Sigma_hat + D), is the largest average log-likelihood that any
+    Gaussian (resp. diagonal Gaussian) reaches on x: an in-sample reference for models that
+    contain that family.
+
+    :param x: (N, D) data with N >= 2.
+    :param covariance: ``"full"`` or ``"diagonal"``.
+    :returns: (N,) float64 tensor.
+    """
+    return max_likelihood_gaussian(x, covariance).log_prob(x.to(torch.float64))
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {

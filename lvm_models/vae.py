@@ -89,7 +89,9 @@ class GaussianVAE(_MLPDecoderModel):
         scale_tril = (
             _tril_from_raw(raw_scale, self.data_dim) if self.cholesky_from_z else self.scale_tril
         )
-        return dist.MultivariateNormal(loc, scale_tril=scale_tril)
+        # The factor is lower-triangular with a positive diagonal by construction; checking it on
+        # every (particle, point) expansion would dominate the cost.
+        return dist.MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
 
     @torch.no_grad()
     def set_collapsed(self, mean: torch.Tensor, covariance: torch.Tensor) -> None:

@@ -58,3 +58,28 @@ def test_exact_prints_closed_form_ppca_and_gaussian_references(capsys):
     assert main(["exact", "--data", "correlated-gaussian"]) == 0
     text = capsys.readouterr().out
     assert "ppca_exact_log_px" in text and "gaussian_full_ml_log_px" in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fit", "--steps", "-1"],
+        ["fit", "--batch-size", "0"],
+        ["compare", "--num-samples", "0"],
+        ["collapse", "--seed", "-1"],
+        ["exact", "--latent-dim", "two"],
+    ],
+)
+def test_bad_options_exit_2_naming_the_option(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {argv[1]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["collapse", "fit", "compare", "exact", "list"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: lvm {command}" in capsys.readouterr().out

@@ -161,3 +161,23 @@ def test_model_without_data_plate_is_rejected_by_name():
 
     with pytest.raises(ValueError, match=r"no pyro.plate\('data'"):
         exact_log_marginal(no_plate, torch.randn(4, 1))
+
+
+def test_quadrature_refines_the_points_a_coarse_grid_cannot_resolve(monkeypatch):
+    import inference.exact
+
+    monkeypatch.setitem(inference.exact._FINAL_POINTS, 2, 7)  # far too coarse to start with
+    model = _linear_gaussian(6, 2, 0.3)
+    x = model.sample(10)
+    estimate = exact_log_marginal(_as_plain_function(model), x)
+    torch.testing.assert_close(estimate, model.log_marginal(x), rtol=0, atol=1e-6)
+
+
+def test_quadrature_gives_up_with_a_clear_error_when_refinement_is_exhausted(monkeypatch):
+    import inference.exact
+
+    monkeypatch.setitem(inference.exact._FINAL_POINTS, 2, 5)
+    monkeypatch.setitem(inference.exact._MAX_POINTS, 2, 5)
+    model = _linear_gaussian(6, 2, 0.3)
+    with pytest.raises(NoExactValueError, match="quadrature did not converge"):
+        exact_log_marginal(_as_plain_function(model), model.sample(5))

@@ -1,0 +1,378 @@
+"""The essay's experiments: a VAE trains a latent variable model, and the ELBO prefers to
+ignore the latent exactly when the decoder is powerful enough to model the data without it.
+
+Each experiment trains one model/guide pair with SVI (``Trace_ELBO``, an ``AmortizedGaussian``
+encoder), records the ELBO, the rate and an IW estimate during training, and ends with
+:func:`~inference.diagnose` and :func:`~inference.compare` on held-in points. The four
+experiment functions return :class:`ExperimentResult` rows; :func:`run_collapse` runs them all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from guides import AmortizedGaussian
+from inference.bounds import elbo, iw_log_marginal
+from inference.compare import Comparison, compare
+from inference.diagnostics import Diagnosis, diagnose, encoder_rate
+from inference.exact import NoExactValueError, exact_log_marginal
+from inference.train import fit
+from lvm_models import (
+    AutoregressiveVAE,
+    BernoulliVAE,
+    GaussianVAE,
+    LinearGaussian,
+    datasets,
+    ppca_max_likelihood,
+)
+
+LATENT_DIM = 2  # small enough for the quadrature oracle: every row gets an exact log p(x)
+REFERENCE_LABELS = {
+    "ml_gaussian_full": "ML Gaussian (full cov.)",
+    "ml_gaussian_diagonal": "ML Gaussian (diagonal)",
+    "ml_ppca": "ML pPCA (closed form)",
+}
+_TREND_RATIO = 1.25  # a rate that moved by more than this factor over training is a trend
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each experiment does."""
+
+    num_data: int = 2000
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-2
+    record_every: int = 150
+    eval_points: int = 256
+    record_iw_samples: int = 100
+    num_samples: tuple[int, ...] = (1, 10, 100, 1000)
+    particles_per_row: int = 2000
+
+
+DEFAULT_BUDGET = Budget()
+QUICK_BUDGET = Budget(
+    steps=800,
+    record_every=80,
+    eval_points=64,
+    record_iw_samples=20,
+    num_samples=(1, 10, 100),
+    particles_per_row=1000,
+)
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """One trained pair: its bounds, its use of the latent and its training history (nats)."""
+
+    key: str
+    title: str
+    data: str
+    decoder: str
+    powerful: bool
+    comparison: Comparison
+    diagnosis: Diagnosis
+    history: dict[str, list[float]]
+    references: dict[str, float]
+    seconds: float
+    largest_k: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "largest_k", max(r.num_samples for r in self._iw_rows()))
+
+    def _iw_rows(self):
+        return [row for row in self.comparison.rows if row.estimator == "iw"]
+
+    @property
+    def elbo(self) -> float:
+        return self.comparison.row("elbo").mean
+
+    @property
+    def iw(self):
+        return self.comparison.row("iw", self.largest_k)
+
+    @property
+    def exact(self) -> float | None:
+        try:
+            return self.comparison.row("exact").mean
+        except KeyError:
+            return None
+
+    def finding(self) -> str:
+        """Which solution training found, how the rate moved, and the ELBO against the first
+        reference (the collapsed optimum where there is one), in words."""
+        d = self.diagnosis
+        used = "ignores z (collapsed)" if d.latent_ignored else f"uses z ({d.active_units} active)"
+        parts = [f"{used}: rate {d.rate:.3f} nats{_trend(self.history['rate'])}"]
+        if self.references:
+            name, value = next(iter(self.references.items()))
+            parts.append(f"ELBO {self.elbo - value:+.3f} nats against {REFERENCE_LABELS[name]}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {
+            "key": self.key,
+            "title": self.title,
+            "data": self.data,
+            "decoder": self.decoder,
+            "powerful": self.powerful,
+            "elbo": self.elbo,
+            "iw": asdict(self.iw),
+            "exact": self.exact,
+            "rate": self.diagnosis.rate,
+            "active_units": self.diagnosis.active_units,
+            "latent_ignored": self.diagnosis.latent_ignored,
+            "finding": self.finding(),
+            "references": self.references,
+            "diagnosis": self.diagnosis.to_dict(),
+            "comparison": self.comparison.to_dict(),
+            "history": self.history,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class _Setup:
+    key: str
+    title: str
+    data: str
+    decoder: str
+    powerful: bool
+    make_model: Callable[[int], torch.nn.Module]
+    references: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] = lambda x, e: {}
+    encoder_hidden: tuple[int, ...] = (64,)
+
+
+def powerful_gaussian_decoders(
+    budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True
+):
+    """1. Gaussian data: (a) independent coordinates with a diagonal decoder and (b) correlated
+    coordinates with a full-covariance decoder are powerful, and the latent is ignored; (c) the
+    correlated data with the diagonal decoder is not, and the latent carries the correlations."""
+    setups = [
+        _Setup(
+            "1a",
+            "independent Gaussian, diagonal decoder",
+            "independent-gaussian",
+            "Gaussian MLP, diagonal",
+            True,
+            lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,)),
+            _ml_gaussians("diagonal", "full"),
+        ),
+        _Setup(
+            "1b",
+            "correlated Gaussian, full-covariance decoder",
+            "correlated-gaussian",
+            "Gaussian MLP, full covariance",
+            True,
+            lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,), covariance="full"),
+            _ml_gaussians("full"),
+        ),
+        _Setup(
+            "1c",
+            "correlated Gaussian, diagonal decoder",
+            "correlated-gaussian",
+            "Gaussian MLP, diagonal",
+            False,
+            lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,)),
+            _ml_gaussians("diagonal", "full"),
+        ),
+    ]
+    return [_run(setup, budget, seed, progress) for setup in setups]
+
+
+def linear_decoder(budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True):
+    """2. The correlated data with a linear decoder (probabilistic PCA): a solution that uses z
+    is exactly as good, because the exact posterior is Gaussian and the encoder contains it."""
+    setup = _Setup(
+        "2",
+        "correlated Gaussian, linear decoder (pPCA)",
+        "correlated-gaussian",
+        "linear-Gaussian (pPCA)",
+        True,
+        lambda d: LinearGaussian(d, LATENT_DIM, noise="isotropic"),
+        _ml_ppca,
+        encoder_hidden=(),  # a linear encoder: the exact posterior mean is linear in x
+    )
+    return [_run(setup, budget, seed, progress)]
+
+
+def non_gaussian_data(budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True):
+    """3. Non-Gaussian data with the same diagonal Gaussian decoder: not powerful, so the
+    latent is used, and ELBO < IW_K <= log p(x)."""
+    gaussian_decoder = lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,))  # noqa: E731
+    setups = [
+        _Setup(
+            "3a",
+            "two moons, Gaussian decoder",
+            "two-moons",
+            "Gaussian MLP, diagonal",
+            False,
+            gaussian_decoder,
+            _ml_gaussians("full", "diagonal"),
+        ),
+        _Setup(
+            "3b",
+            "Gaussian mixture, Gaussian decoder",
+            "gaussian-mixture",
+            "Gaussian MLP, diagonal",
+            False,
+            gaussian_decoder,
+            _ml_gaussians("full", "diagonal"),
+        ),
+        _Setup(
+            "3c",
+            "dequantised digits, Gaussian decoder",
+            "dequantized-digits",
+            "Gaussian MLP, diagonal",
+            False,
+            gaussian_decoder,
+            _ml_gaussians("diagonal"),
+        ),
+    ]
+    return [_run(setup, budget, seed, progress) for setup in setups]
+
+
+def binary_data(budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True):
+    """4. Binarised digits: a factorised Bernoulli decoder uses its latent; an autoregressive
+    decoder is powerful, ignores z, and reaches at least the same log-likelihood."""
+    setups = [
+        _Setup(
+            "4a",
+            "binarised digits, factorised Bernoulli decoder",
+            "binarized-digits",
+            "Bernoulli MLP, factorised",
+            False,
+            lambda d: BernoulliVAE(d, LATENT_DIM, hidden=(128,)),
+        ),
+        _Setup(
+            "4b",
+            "binarised digits, autoregressive decoder",
+            "binarized-digits",
+            "autoregressive Bernoulli (MADE)",
+            True,
+            lambda d: AutoregressiveVAE(d, LATENT_DIM, hidden=(256,)),
+        ),
+    ]
+    return [_run(setup, budget, seed, progress) for setup in setups]
+
+
+EXPERIMENTS = (powerful_gaussian_decoders, linear_decoder, non_gaussian_data, binary_data)
+
+
+def run_collapse(budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True):
+    """Every experiment, in order: a list of :class:`ExperimentResult`."""
+    return [result for experiment in EXPERIMENTS for result in experiment(budget, seed, progress)]
+
+
+def _run(setup: _Setup, budget: Budget, seed: int, progress: bool) -> ExperimentResult:
+    start = time.perf_counter()
+    x = _training_data(setup.data, budget.num_data, seed)
+    x_eval = x[: budget.eval_points]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = setup.make_model(x.shape[1])
+        guide = AmortizedGaussian(x.shape[1], LATENT_DIM, hidden=setup.encoder_hidden)
+    recorder = _Recorder(x_eval, budget.record_iw_samples, seed)
+    fit(
+        model,
+        guide,
+        x,
+        steps=budget.steps,
+        batch_size=min(budget.batch_size, x.shape[0]),
+        lr=budget.lr,
+        seed=seed,
+        progress=progress,
+        callback=recorder,
+        callback_every=budget.record_every,
+    )
+    exact = _exact_or_none(model, x_eval)
+    diagnosis = diagnose(model, guide, x_eval, exact=exact, seed=seed)
+    comparison = compare(
+        model,
+        guide,
+        x_eval,
+        num_samples=budget.num_samples,
+        particles_per_row=budget.particles_per_row,
+        exact=exact,
+        seed=seed,
+    )
+    return ExperimentResult(
+        setup.key,
+        setup.title,
+        setup.data,
+        setup.decoder,
+        setup.powerful,
+        comparison,
+        diagnosis,
+        recorder.history,
+        setup.references(x, x_eval),
+        time.perf_counter() - start,
+    )
+
+
+def _exact_or_none(model: Callable, x: torch.Tensor) -> torch.Tensor | None:
+    try:
+        return exact_log_marginal(model, x)
+    except NoExactValueError:
+        return None
+
+
+def _training_data(name: str, num_data: int, seed: int) -> torch.Tensor:
+    data = datasets.load(name, seed=seed, **({} if "digits" in name else {"num_data": num_data}))
+    order = torch.randperm(data.x.shape[0], generator=torch.Generator().manual_seed(seed))
+    return data.x[order[:num_data]]  # (N, D), shuffled so the evaluation points are a fair sample
+
+
+class _Recorder:
+    """Training callback: ELBO, rate and IW_K on the evaluation points every few steps."""
+
+    def __init__(self, x_eval: torch.Tensor, iw_samples: int, seed: int) -> None:
+        self.x_eval, self.iw_samples, self.seed = x_eval, iw_samples, seed
+        self.history: dict[str, list[float]] = {"step": [], "elbo": [], "rate": [], "iw": []}
+
+    def __call__(self, step: int, model: Callable, guide: Callable) -> None:
+        x, seed = self.x_eval, self.seed
+        self.history["step"].append(step + 1)
+        self.history["elbo"].append(elbo(model, guide, x, num_particles=8, seed=seed).mean)
+        self.history["rate"].append(encoder_rate(model, guide, x, seed=seed))
+        iw = iw_log_marginal(model, guide, x, num_samples=self.iw_samples, seed=seed)
+        self.history["iw"].append(iw.mean)
+
+
+def _trend(values: list[float]) -> str:
+    """How a recorded quantity moved: its first quarter's mean against its last quarter's."""
+    quarter = len(values) // 4
+    if quarter == 0:
+        return ""
+    first, last = sum(values[:quarter]) / quarter, sum(values[-quarter:]) / quarter
+    if last * _TREND_RATIO < first:
+        return f", falling from {first:.2f} early in training"
+    if last > first * _TREND_RATIO:
+        return f", rising from {first:.2f} early in training"
+    return ", steady during training"
+
+
+def _ml_gaussians(*kinds: str) -> Callable[[torch.Tensor, torch.Tensor], dict[str, float]]:
+    """References: log-likelihood of the evaluation points under the ML Gaussians of the
+    training data (``"full"`` and/or ``"diagonal"`` covariance), nats per point."""
+
+    def references(x: torch.Tensor, x_eval: torch.Tensor) -> dict[str, float]:
+        return {
+            f"ml_gaussian_{kind}": datasets.max_likelihood_gaussian(x, kind)
+            .log_prob(x_eval.double())
+            .mean()
+            .item()
+            for kind in kinds
+        }
+
+    return references
+
+
+def _ml_ppca(x: torch.Tensor, x_eval: torch.Tensor) -> dict[str, float]:
+    ppca = ppca_max_likelihood(x, LATENT_DIM)
+    return {"ml_ppca": ppca.log_marginal(x_eval).mean().item(), **_ml_gaussians("full")(x, x_eval)}

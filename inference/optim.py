@@ -1,0 +1,80 @@
+"""Adam for ``pyro.infer.SVI`` as one multi-tensor torch optimizer.
+
+``pyro.optim.Adam`` keeps one ``torch.optim.Adam`` per parameter and steps them one after
+the other; on the small networks of latent variable models that Python loop costs as much as
+the model itself. :class:`MultiTensorAdam` is the same algorithm (Kingma and Ba, 2015) with the
+same per-parameter state, held by a single ``torch.optim.Adam`` whose ``foreach`` kernels
+update every parameter at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pyro
+import torch
+from pyro.optim import PyroOptim
+
+
+class MultiTensorAdam(PyroOptim):
+    """``pyro.optim.Adam`` with one ``torch.optim.Adam(foreach=True)`` for all parameters.
+
+    Like every ``PyroOptim`` it steps exactly the parameters SVI hands it (those of the
+    current traces) and registers new ones as they appear. ``get_state`` / ``set_state``
+    use ``PyroOptim``'s format (parameter name -> a one-parameter optimizer state dict), so
+    state saved from ``pyro.optim.Adam`` loads here and the other way round.
+
+    :param optim_args: keyword arguments of ``torch.optim.Adam`` (``lr``, ``betas``, ...).
+    :param lr_decay: the learning rate is multiplied by this after every step (as ``lrd``
+        of ``pyro.optim.ClippedAdam``); 1 keeps it constant.
+    """
+
+    def __init__(self, optim_args: dict, lr_decay: float = 1.0) -> None:
+        if not isinstance(optim_args, dict):
+            raise TypeError(f"optim_args must be a dict; got {type(optim_args).__name__}")
+        if not 0 < lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1]; got {lr_decay!r}")
+        super().__init__(torch.optim.Adam, optim_args)
+        self.lr_decay = lr_decay
+        self._optimizer: torch.optim.Adam | None = None
+        self._known: set[torch.Tensor] = set()
+
+    def __call__(self, params: Iterable[torch.Tensor], *args, **kwargs) -> None:
+        params = list(params)
+        self._register([p for p in params if p not in self._known])
+        if self._optimizer is None:
+            return
+        # Parameters outside this step's traces keep their values, as with PyroOptim.
+        for param in self._known.difference(params):
+            param.grad = None
+        self._optimizer.step()
+        for group in self._optimizer.param_groups:
+            group["lr"] *= self.lr_decay
+
+    def _register(self, new: list[torch.Tensor]) -> None:
+        if not new:
+            return
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam(new, foreach=True, **self.pt_optim_args)
+        else:
+            self._optimizer.add_param_group({"params": new})
+        self._known.update(new)
+        for param in new:
+            name = pyro.get_param_store().param_name(param)
+            saved = self._state_waiting_to_be_consumed.pop(name, None)
+            if saved is not None:
+                self._optimizer.state[param] = dict(next(iter(saved["state"].values())))
+
+    def get_state(self) -> dict:
+        if self._optimizer is None:
+            return {}
+        store = pyro.get_param_store()
+        group = {k: v for k, v in self._optimizer.param_groups[0].items() if k != "params"}
+        return {
+            store.param_name(param): {
+                "state": {0: dict(self._optimizer.state[param])},
+                "param_groups": [{**group, "params": [0]}],
+            }
+            for param in self._known
+            if param in self._optimizer.state
+        }

@@ -1,0 +1,89 @@
+"""`lvm collapse --quick` end to end: the essay's evidence, read back from its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("collapse")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inference.cli",
+            "collapse",
+            "--quick",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads((out / "results.json").read_text())
+    return out, completed.stdout, {row["key"]: row for row in report["experiments"]}
+
+
+def test_independent_gaussian_with_diagonal_decoder_ignores_the_latent(run):
+    _, _, rows = run
+    assert rows["1a"]["latent_ignored"]
+    assert rows["1a"]["rate"] < 0.05
+
+
+@pytest.mark.parametrize("key", ["1c", "3a"])
+def test_a_decoder_that_is_not_powerful_uses_the_latent(run, key):
+    _, _, rows = run
+    assert not rows[key]["latent_ignored"]
+    assert rows[key]["rate"] > 0.5
+
+
+def test_every_row_satisfies_elbo_below_iw_below_exact(run):
+    _, _, rows = run
+    for key, row in rows.items():
+        iw, stderr = row["iw"]["mean"], row["iw"]["stderr"]
+        assert row["elbo"] <= iw + 3 * stderr, key
+        if row["exact"] is not None:
+            assert iw - 3 * stderr <= row["exact"], key
+
+
+def test_correlated_data_with_diagonal_decoder_beats_the_collapsed_diagonal_solution(run):
+    _, _, rows = run
+    row = rows["1c"]
+    assert row["elbo"] > row["references"]["ml_gaussian_diagonal"] + 5.0
+
+
+def test_autoregressive_decoder_is_at_least_as_good_as_the_factorised_one(run):
+    _, _, rows = run
+    factorised, autoregressive = rows["4a"]["iw"], rows["4b"]["iw"]
+    assert autoregressive["mean"] >= factorised["mean"] - 3 * (
+        autoregressive["stderr"] + factorised["stderr"]
+    )
+
+
+def test_summary_table_and_plots_are_written(run):
+    out, stdout, rows = run
+    assert len(rows) == 9
+    assert "latent ignored" in stdout and "nats" in stdout
+    for name in ("training_curves.png", "rates.png", "iw_against_k.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_histories_record_elbo_rate_and_iw(run):
+    _, _, rows = run
+    for row in rows.values():
+        history = row["history"]
+        assert (
+            len(history["step"])
+            == len(history["elbo"])
+            == len(history["rate"])
+            == len(history["iw"])
+        )
+        assert len(history["step"]) >= 5
