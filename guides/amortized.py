@@ -10,10 +10,8 @@ import torch.nn.functional as F
 from pyro import distributions as dist
 from pyro.nn import PyroModule
 
-from lvm_models._base import unique_pyro_name
-from lvm_models._nn import mlp
-
-_MIN_SCALE = 1e-4
+from lvm_models._base import check_columns, unique_pyro_name
+from lvm_models._nn import MIN_SCALE, mlp, output_layer
 
 
 class _AmortizedGuide(PyroModule):
@@ -30,6 +28,8 @@ class _AmortizedGuide(PyroModule):
 
     def forward(self, x: torch.Tensor, **_: object) -> torch.Tensor:
         """Draw the latent for every row of ``x`` (N, D) inside the data plate."""
+        check_columns(x, self.data_dim, self)
+        x = x.to(output_layer(self.encoder).weight.dtype)
         with pyro.plate("data", x.shape[0]):
             return pyro.sample(self.site, self.distribution(x))
 
@@ -53,7 +53,7 @@ class AmortizedGaussian(_AmortizedGuide):
     def distribution(self, x: torch.Tensor) -> dist.Distribution:
         out = self.encoder(x)
         loc, raw_scale = out[..., : self.latent_dim], out[..., self.latent_dim :]
-        return dist.Normal(loc, F.softplus(raw_scale) + _MIN_SCALE).to_event(1)
+        return dist.Normal(loc, F.softplus(raw_scale) + MIN_SCALE).to_event(1)
 
 
 class AmortizedCategorical(_AmortizedGuide):

@@ -5,12 +5,46 @@ Every estimator takes ``(model, guide, x)``: Pyro programs that follow the plate
 observed from the trace.
 """
 
+import importlib
+
 from inference.bounds import Estimate, ImportanceEstimate, elbo, iw_log_marginal
 from inference.checks import BoundsReport, check_bounds
 from inference.compare import Comparison, ComparisonRow, compare
 from inference.diagnostics import Diagnosis, diagnose
 from inference.exact import NoExactValueError, exact_log_marginal
 from inference.train import FitResult, History, fit
+
+# These names load their module on first use: the NumPyro backend imports JAX and NumPyro and
+# turns on JAX's 64-bit mode, the ArviZ export imports ArviZ; a user of the PyTorch estimators
+# should pay for neither.
+_LAZY_NAMES = {
+    **dict.fromkeys(
+        (
+            "NumPyroGuide",
+            "NumPyroModel",
+            "ReferenceEstimate",
+            "UnreliableReferenceWarning",
+            "amortization_gap",
+            "numpyro_elbo",
+            "numpyro_exact_log_marginal",
+            "numpyro_iw_log_marginal",
+            "nuts_log_marginal",
+            "to_numpyro",
+        ),
+        "inference.numpyro_backend",
+    ),
+    **dict.fromkeys(
+        ("WeightDiagnostics", "importance_weight_diagnostics", "to_inference_data"),
+        "inference.arviz_export",
+    ),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    raise AttributeError(f"module 'inference' has no attribute {name!r}")
+
 
 __all__ = [
     "BoundsReport",
@@ -29,4 +63,5 @@ __all__ = [
     "exact_log_marginal",
     "fit",
     "iw_log_marginal",
+    *_LAZY_NAMES,
 ]

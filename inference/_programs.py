@@ -7,6 +7,7 @@ trace (``site["is_observed"]``), never by their names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,20 +61,30 @@ def trace_program(fn: Callable, x: torch.Tensor) -> Trace:
     return poutine.trace(fn).get_trace(x)
 
 
-def inspect_program(model: Callable, x: torch.Tensor, guide: Callable | None = None) -> ProgramInfo:
-    """Run the model (and guide) once on ``x`` and check the plate convention.
+def inspect_program(model: Callable, x: torch.Tensor) -> ProgramInfo:
+    """Run the model once on ``x`` and check the plate convention.
 
     :raises ValueError: when the model has no vectorised ``"data"`` plate of size N, when a
         sample site lies outside it, or when the model has no observed site.
     """
-    guide_trace = None if guide is None else trace_program(guide, x)
-    return _program_info(x, trace_program(model, x), guide_trace)
+    return _program_info(x, trace_program(model, x), None)
 
 
 def inspect_pair(model: Callable, guide: Callable, x: torch.Tensor) -> ProgramInfo:
-    """:func:`inspect_program` on a model/guide pair, then :func:`check_guide_matches`."""
+    """:func:`inspect_program` on the model replayed against the guide (plates of both
+    counted), then :func:`check_guide_matches`."""
     guide_trace = trace_program(guide, x)
-    model_trace = trace_program(poutine.replay(model, trace=guide_trace), x)
+    # Checked first: replaying the guide carries its plate's size into the model's trace.
+    if any(True for _ in sample_sites(guide_trace)):
+        _covering_data_frame(guide_trace, "guide", x)
+    try:
+        model_trace = trace_program(poutine.replay(model, trace=guide_trace), x)
+    except Exception:
+        # A guide that does not fit the model often breaks the model itself (a float where it
+        # indexes by a discrete latent, a missing plate): name the mismatch if there is one.
+        prior_trace = trace_program(model, x)
+        check_guide_matches(prior_trace, guide_trace, _program_info(x, prior_trace, guide_trace))
+        raise
     info = _program_info(x, model_trace, guide_trace)
     check_guide_matches(model_trace, guide_trace, info)
     return info
@@ -81,12 +92,7 @@ def inspect_pair(model: Callable, guide: Callable, x: torch.Tensor) -> ProgramIn
 
 def _program_info(x: torch.Tensor, model_trace: Trace, guide_trace: Trace | None) -> ProgramInfo:
     traces = [model_trace] if guide_trace is None else [model_trace, guide_trace]
-    data_frame = _data_frame(model_trace, "model")
-    if data_frame.size != x.shape[0]:
-        raise ValueError(
-            f"the model's pyro.plate('{DATA_PLATE}') has size {data_frame.size} but x has "
-            f"{x.shape[0]} rows; the plate must cover every data point (no subsampling)"
-        )
+    data_frame = _covering_data_frame(model_trace, "model", x)
     for name, site in sample_sites(model_trace):
         if data_frame not in site["cond_indep_stack"]:
             raise ValueError(
@@ -105,6 +111,17 @@ def _program_info(x: torch.Tensor, model_trace: Trace, guide_trace: Trace | None
         if frame.vectorized
     )
     return ProgramInfo(x.shape[0], nesting, data_frame.dim, latent, observed)
+
+
+def _covering_data_frame(trace: Trace, role: str, x: torch.Tensor):
+    """The data plate's frame, which must have one index per row of x."""
+    data_frame = _data_frame(trace, role)
+    if data_frame.size != x.shape[0]:
+        raise ValueError(
+            f"the {role}'s pyro.plate('{DATA_PLATE}') has size {data_frame.size} but x has "
+            f"{x.shape[0]} rows; the plate must cover every data point (no subsampling)"
+        )
+    return data_frame
 
 
 def _data_frame(trace: Trace, role: str):
@@ -156,6 +173,18 @@ def per_point_sum(batch_tensor: torch.Tensor, info: ProgramInfo, name: str) -> t
     return batch_tensor.reshape(batch_tensor.shape[0], batch_tensor.shape[data_index])
 
 
+def data_first(value: torch.Tensor, event_dims: int, info: ProgramInfo) -> torch.Tensor:
+    """Pad a site value's batch dims to particles + every plate, then move data to dim 0."""
+    batch_rank = value.dim() - event_dims
+    value = value.reshape((1,) * (info.max_plate_nesting + 1 - batch_rank) + tuple(value.shape))
+    return value.movedim(info.max_plate_nesting + 1 + info.data_dim, 0)
+
+
+def per_point_vector(value: torch.Tensor, info: ProgramInfo, event_dims: int) -> torch.Tensor:
+    """(1, 1.., N, 1.., *event) -> (N, e): the latent of each data point as a flat vector."""
+    return data_first(value, event_dims, info).reshape(info.num_data, -1)
+
+
 def log_density_per_point(
     trace: Trace, info: ProgramInfo, num_particles: int, sites: Iterable[str]
 ) -> torch.Tensor:
@@ -185,12 +214,22 @@ def check_guide_matches(model_trace: Trace, guide_trace: Trace, info: ProgramInf
     observed = [n for n in guide_sites if model_sites[n]["is_observed"]]
     if observed:
         raise ValueError(f"the guide samples site(s) {observed} that the model observes")
+    for name in info.latent_sites:
+        model_kind, guide_kind = _support_kind(model_sites[name]), _support_kind(guide_sites[name])
+        if model_kind != guide_kind:
+            raise ValueError(
+                f"latent site '{name}' is {model_kind} in the model but {guide_kind} in the guide"
+            )
     frame = _data_frame(guide_trace, "guide")
     if frame.size != info.num_data or frame.dim != info.data_dim:
         raise ValueError(
             f"the guide's pyro.plate('{DATA_PLATE}') has size {frame.size} at dim {frame.dim}; "
             f"the model's has size {info.num_data} at dim {info.data_dim}"
         )
+
+
+def _support_kind(site: dict) -> str:
+    return "discrete" if site["fn"].support.is_discrete else "continuous"
 
 
 def vectorized_traces(
@@ -208,10 +247,26 @@ def log_importance_weights(
 ) -> torch.Tensor:
     """log w = log p(x, z) - log q(z given x) for z ~ q, vectorised: shape (K, N)."""
     model_trace, guide_trace = vectorized_traces(model, guide, x, num_particles, info)
+    return log_weights_of_traces(model_trace, guide_trace, info, num_particles)
+
+
+def log_weights_of_traces(
+    model_trace: Trace, guide_trace: Trace, info: ProgramInfo, num_particles: int
+) -> torch.Tensor:
+    """log p(x, z) - log q(z given x) of vectorised traces (:func:`vectorized_traces`): (K, N)."""
     model_names = [n for n, _ in sample_sites(model_trace)]
     guide_names = [n for n, s in sample_sites(guide_trace) if not is_auxiliary(s)]
     log_joint = log_density_per_point(model_trace, info, num_particles, model_names)
-    return log_joint - log_density_per_point(guide_trace, info, num_particles, guide_names)
+    log_weights = log_joint - log_density_per_point(guide_trace, info, num_particles, guide_names)
+    bad = torch.isnan(log_weights) | (log_weights == math.inf)
+    if bool(bad.any()):
+        points = bad.any(0).nonzero().flatten()[:5].tolist()
+        raise ValueError(
+            f"log importance weights are NaN or +inf at points {points}: a log-density of the "
+            "model or guide overflows there (data too large for the dtype, or a guide density "
+            "of zero where the model has mass)"
+        )
+    return log_weights
 
 
 @contextmanager
@@ -226,3 +281,36 @@ def seeded(seed: int | None) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+@contextmanager
+def computed_in(dtype: torch.dtype | None, *programs: Callable) -> Iterator[None]:
+    """Run the block with every program that is a ``torch.nn.Module`` cast to ``dtype``.
+
+    ``Module.to`` converts parameters in place, so the param store and any optimiser keep the
+    same tensors; float32 -> float64 -> float32 is exact, so the modules come back unchanged.
+    None changes nothing.
+    """
+    if dtype is None:
+        yield
+        return
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be None, torch.float32 or torch.float64; got {dtype!r}")
+    modules = list({id(p): p for p in programs if isinstance(p, torch.nn.Module)}.values())
+    originals = [_floating_dtype(module) for module in modules]
+    for module in modules:
+        module.to(dtype)
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals):
+            if original is not None:
+                module.to(original)
+
+
+def _floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    tensors = [*module.parameters(), *module.buffers()]
+    return next((t.dtype for t in tensors if t.is_floating_point()), None)

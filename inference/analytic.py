@@ -22,8 +22,8 @@ def analytic_elbo(model: LinearGaussian, guide: Callable, x: torch.Tensor) -> to
     checked without Monte-Carlo noise.
 
     :param model: a :class:`~lvm_models.LinearGaussian`.
-    :param guide: any guide whose site ``"z"`` is a diagonal Normal (one event dim) or a
-        MultivariateNormal with batch shape (N,).
+    :param guide: any guide whose site for the model's latent is a diagonal Normal (one event
+        dim) or a MultivariateNormal with batch shape (N,).
     :param x: data (N, D).
     :returns: (N,) ELBO values in nats.
     """
@@ -32,10 +32,10 @@ def analytic_elbo(model: LinearGaussian, guide: Callable, x: torch.Tensor) -> to
     check_data(x)
     x = x.to(model.weight.dtype)
     with torch.no_grad():
-        inspect_pair(model, guide, x)
-        q = as_multivariate_normal(trace_program(guide, x).nodes["z"]["fn"])
+        (site,) = inspect_pair(model, guide, x).latent_sites
+        q = as_multivariate_normal(trace_program(guide, x).nodes[site]["fn"])
         if q is None:
-            raise ValueError("analytic_elbo needs a Gaussian guide site 'z'")
+            raise ValueError(f"analytic_elbo needs a Gaussian guide site '{site}'")
         loc, covariance = q.loc.expand(x.shape[0], -1), q.covariance_matrix  # (N, k), (N?, k, k)
         noise_var = model.noise_scale**2  # (D,)
         mean_fit = model.likelihood(loc).log_prob(x)  # log N(x; W m + b, Psi), (N,)

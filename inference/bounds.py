@@ -16,7 +16,13 @@ import torch
 from pyro.ops.stats import fit_generalized_pareto
 from tqdm.auto import tqdm
 
-from inference._programs import ProgramInfo, inspect_pair, log_importance_weights, seeded
+from inference._programs import (
+    ProgramInfo,
+    computed_in,
+    inspect_pair,
+    log_importance_weights,
+    seeded,
+)
 from inference._validate import check_data, check_positive_int
 
 # Particles x data points evaluated at once when ``chunk_size`` is not given.
@@ -74,6 +80,7 @@ def elbo(
     num_particles: int = 1,
     chunk_size: int | None = None,
     seed: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Estimate:
     """Monte-Carlo ELBO per point: E_q[log p(x, z) - log q(z given x)] <= log p(x).
 
@@ -85,12 +92,15 @@ def elbo(
     :param int num_particles: draws per point (>= 2 for a standard error).
     :param int chunk_size: particles evaluated at once (default: about 2^16 / N).
     :param int seed: seeds torch's RNG for this call only; None uses the caller's RNG.
+    :param dtype: torch.float32 or torch.float64 to compute in: x and the model and guide
+        (where they are modules) are cast for the call; None (default) keeps them as they are.
     :returns: an :class:`Estimate` in nats, ``per_point`` of shape (N,).
     """
     moments = _RunningMoments()
-    with torch.no_grad(), seeded(seed):
+    with torch.no_grad(), seeded(seed), computed_in(dtype, model, guide):
+        x = x if dtype is None else x.to(dtype)
         x, info, chunk = _prepare(
-            model, guide, x, ("num_particles", num_particles), chunk_size, num_particles
+            model, guide, x, ("num_particles", num_particles), chunk_size, num_particles, dtype
         )
         for size in _chunk_sizes(num_particles, chunk):
             moments.update(log_importance_weights(model, guide, x, size, info).double())
@@ -107,6 +117,7 @@ def iw_log_marginal(
     seed: int | None = None,
     num_replicates: int = 1,
     progress: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> ImportanceEstimate:
     """Importance-weighted estimate of log p(x) per point: log (1/K) sum_k w_k, w = p(x,z)/q(z).
 
@@ -127,6 +138,8 @@ def iw_log_marginal(
     :param int seed: seeds torch's RNG for this call only; None uses the caller's RNG.
     :param int num_replicates: R independent K-sample estimates.
     :param bool progress: show a progress bar over chunks.
+    :param dtype: torch.float32 or torch.float64 to compute in (as in :func:`elbo`); the
+        log-sum-exp runs in float64 either way.
     :returns: an :class:`ImportanceEstimate` in nats with ``per_point``, ``ess``, ``khat``
         of shape (N,).
     """
@@ -134,8 +147,11 @@ def iw_log_marginal(
     total = num_samples * num_replicates
     pooled = _RunningLogMeanExp(tail_size=_psis_tail_size(total))
     replicates = _RunningMoments()
-    with torch.no_grad(), seeded(seed):
-        x, info, chunk = _prepare(model, guide, x, ("num_samples", num_samples), chunk_size, total)
+    with torch.no_grad(), seeded(seed), computed_in(dtype, model, guide):
+        x = x if dtype is None else x.to(dtype)
+        x, info, chunk = _prepare(
+            model, guide, x, ("num_samples", num_samples), chunk_size, total, dtype
+        )
         plan = list(_replicate_plan(num_samples, num_replicates, chunk))
         for replicates_in_chunk, size in tqdm(plan, disable=not progress, desc="IW chunks"):
             log_weights = log_importance_weights(model, guide, x, size, info).double()  # (c, N)
@@ -156,6 +172,15 @@ def iw_log_marginal(
     )
 
 
+def weight_diagnostics(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ESS and PSIS k-hat per point of importance log weights (K, N), as :func:`iw_log_marginal`
+    reports them: (N,) effective sample sizes (sum w)^2 / sum w^2 and (N,) Pareto k-hats."""
+    total = log_weights.shape[0]
+    running = _RunningLogMeanExp(tail_size=_psis_tail_size(total))
+    running.update(log_weights.double())
+    return running.ess(), running.khat()
+
+
 def _prepare(
     model: Callable,
     guide: Callable,
@@ -163,9 +188,12 @@ def _prepare(
     count: tuple[str, int],
     chunk_size: int | None,
     total: int,
+    dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, ProgramInfo, int]:
-    """Validate the arguments, inspect the pair, choose the chunk size (at most ``total``)."""
+    """Validate the arguments, cast x to ``dtype``, inspect the pair, choose the chunk size (at
+    most ``total``)."""
     check_data(x)
+    x = x if dtype is None else x.to(dtype)
     count_name, num_particles = count
     check_positive_int(count_name, num_particles)
     if chunk_size is not None:
@@ -264,34 +292,55 @@ class _RunningLogMeanExp:
         self.count = 0
         self._max: torch.Tensor | None = None
         self._sum = self._sum_sq = self._tail = None
+        self._pending: list[torch.Tensor] = []
+        self._pending_rows = 0
 
     def update(self, log_weights: torch.Tensor) -> None:
         chunk_max = log_weights.max(0).values  # (N,)
         new_max = chunk_max if self._max is None else torch.maximum(self._max, chunk_max)
-        shifted = log_weights - new_max
+        # A point whose weights are all zero so far (log weight -inf) shifts by 0, not by -inf.
+        shift = torch.where(new_max == -math.inf, 0.0, new_max)
+        shifted = log_weights - shift
         chunk_sum, chunk_sum_sq = shifted.exp().sum(0), (2 * shifted).exp().sum(0)
         if self._max is None:
             self._sum, self._sum_sq = chunk_sum, chunk_sum_sq
         else:
-            rescale = (self._max - new_max).exp()
+            rescale = (self._max - shift).exp()  # 0 where the old max was -inf
             self._sum = self._sum * rescale + chunk_sum
             self._sum_sq = self._sum_sq * rescale**2 + chunk_sum_sq
         self._max = new_max
+        self._shift = shift
         self.count += log_weights.shape[0]
         if self.tail_size:
-            candidates = log_weights if self._tail is None else torch.cat([self._tail, log_weights])
-            keep = min(self.tail_size, candidates.shape[0])
-            self._tail = candidates.topk(keep, dim=0).values  # (T, N), descending
+            # Chunks wait until they hold as many rows as the tail, so each weight goes through
+            # about two top-k selections however small the chunks are.
+            self._pending.append(log_weights)
+            self._pending_rows += log_weights.shape[0]
+            if self._pending_rows >= self.tail_size:
+                self._merge_pending()
+
+    def _merge_pending(self) -> None:
+        kept = [] if self._tail is None else [self._tail]
+        candidates = torch.cat(kept + self._pending)
+        keep = min(self.tail_size, candidates.shape[0])
+        self._tail = candidates.topk(keep, dim=0).values  # (T, N), descending
+        self._pending, self._pending_rows = [], 0
 
     def log_mean_exp(self) -> torch.Tensor:
-        return self._max + self._sum.log() - math.log(self.count)
+        return self._shift + self._sum.log() - math.log(self.count)
 
     def ess(self) -> torch.Tensor:
-        return self._sum**2 / self._sum_sq
+        """(sum w)^2 / sum w^2; 0 for a point whose weights are all zero."""
+        return torch.where(self._sum > 0, self._sum**2 / self._sum_sq, 0.0)
 
     def khat(self) -> torch.Tensor:
         """Pareto k-hat per point, fitted to the tail as ``psis_diagnostic`` does."""
-        return torch.tensor([_khat_of_tail(self._tail[:, n]) for n in range(self._tail.shape[1])])
+        if self._pending:
+            self._merge_pending()
+        return torch.tensor(
+            [_khat_of_tail(self._tail[:, n]) for n in range(self._tail.shape[1])],
+            dtype=torch.float64,
+        )
 
 
 def _khat_of_tail(top_log_weights: torch.Tensor) -> float:

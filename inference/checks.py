@@ -9,7 +9,7 @@ import torch
 from scipy.stats import norm
 
 from inference._validate import check_data, check_positive_int
-from inference.bounds import Estimate, elbo, iw_log_marginal
+from inference.bounds import Estimate, _delta_method_stderr, elbo, iw_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
 
 _ZERO_VARIANCE = 1e-9  # per-point standard error below this: the weights are constant
@@ -97,8 +97,7 @@ def _iw_with_robust_stderr(
     """
     replicates = max(_MIN_REPLICATES, particles // k)
     estimate = iw_log_marginal(model, guide, x, num_samples=k, num_replicates=replicates, seed=seed)
-    total = k * replicates
-    delta_method = ((total / estimate.ess - 1).clamp_min(0) / total).sqrt()
+    delta_method = _delta_method_stderr(estimate.ess, k * replicates)
     return Estimate(estimate.per_point, torch.maximum(estimate.per_point_stderr, delta_method), k)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from inference import plots
+from inference.checkpoint import CheckpointError, load_checkpoint
 from inference.compare import compare
 from inference.diagnostics import diagnose
 from inference.exact import exact_log_marginal
@@ -43,8 +44,26 @@ def _exact(args: argparse.Namespace) -> dict:
     return report
 
 
+# The options that define a training run: a checkpoint stores them, --resume reads them back.
+_RUN_OPTIONS = (
+    "data",
+    "model",
+    "guide",
+    "latent_dim",
+    "seed",
+    "steps",
+    "batch_size",
+    "lr",
+    "objective",
+)
+_DEFAULT_STEPS = 2000
+
+
 def _fit(args: argparse.Namespace) -> dict:
     """Train a named model/guide pair on a named data set, then diagnose and compare it."""
+    if args.resume is not None:
+        _take_run_options_from(args.resume, args)
+    args.steps = _DEFAULT_STEPS if args.steps is None else args.steps
     data = datasets.load(args.data, seed=args.seed)
     x = data.x
     model = lookup("model", MODELS, args.model).build(x.shape[1], args.latent_dim)
@@ -61,10 +80,21 @@ def _fit(args: argparse.Namespace) -> dict:
             lr=args.lr,
             seed=args.seed,
             progress=not args.quiet,
+            checkpoint=args.checkpoint or args.resume,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            checkpoint_info={name: getattr(args, name) for name in _RUN_OPTIONS},
         )
     evaluation = x[: args.eval_points]
     diagnosis = diagnose(model, guide, evaluation, seed=args.seed)
-    table = compare(model, guide, evaluation, num_samples=args.num_samples, seed=args.seed)
+    table = compare(
+        model,
+        guide,
+        evaluation,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        reference=None if args.reference == "none" else args.reference,
+    )
     print(table)
     _print_pairs({k: v for k, v in diagnosis.to_dict().items() if v is not None})
     return {
@@ -144,6 +174,17 @@ def format_summary(results: list) -> str:
     return "\n".join(lines) + "\n(nats per data point; IW_K and exact on the evaluation points)"
 
 
+def _take_run_options_from(path: Path, args: argparse.Namespace) -> None:
+    """Set the run's options from a checkpoint; an explicit --steps extends the run."""
+    stored = load_checkpoint(path).info
+    missing = [name for name in _RUN_OPTIONS if name not in stored]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} was not written by `lvm fit` (no {missing} in it)")
+    for name in _RUN_OPTIONS:
+        if name != "steps" or args.steps is None:
+            setattr(args, name, stored[name])
+
+
 def _list(args: argparse.Namespace) -> dict:
     sections = {
         "data sets": {
@@ -211,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--model", default="ppca", help="a model (see `lvm list`)")
         command.add_argument("--guide", default="amortized-gaussian", help="a guide")
         command.add_argument(
-            "--steps", type=_integer_at_least(0), default=2000, help="SVI steps (0: no training)"
+            "--steps",
+            type=_integer_at_least(0),
+            help=f"SVI steps in all (default {_DEFAULT_STEPS}; 0: no training)",
         )
         command.add_argument(
             "--batch-size", type=_integer_at_least(1), default=256, help="rows per step (at most N)"
@@ -228,7 +271,25 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--eval-points", type=_integer_at_least(1), default=500, help="points to evaluate"
         )
+        command.add_argument(
+            "--reference",
+            choices=["none", "nuts"],
+            default="none",
+            help="nuts: add a NumPyro NUTS-based reference log p(x) row",
+        )
         command.add_argument("--quiet", action="store_true", help="no progress bar")
+        command.add_argument("--checkpoint", type=Path, help="write the training state here")
+        command.add_argument(
+            "--checkpoint-every",
+            type=_integer_at_least(0),
+            default=0,
+            help="steps between checkpoints (0: only at the end)",
+        )
+        command.add_argument(
+            "--resume",
+            type=Path,
+            help="continue the run saved in this checkpoint (its model, guide, data, options)",
+        )
         command.set_defaults(run=_fit)
     collapse = commands.add_parser(
         "collapse",
@@ -255,8 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = args.run(args)
     except (ValueError, TypeError) as error:
-        print(f"lvm {args.command}: error: {error}", file=sys.stderr)
+        # One line: Pyro appends the trace's shapes to errors raised inside a model.
+        print(f"lvm {args.command}: error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        saved = getattr(args, "checkpoint", None) or getattr(args, "resume", None)
+        kept = f"; the last checkpoint in {saved} is intact" if saved else ""
+        print(f"lvm {args.command}: interrupted{kept}", file=sys.stderr)
+        return 130
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

@@ -10,8 +10,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from inference._validate import check_positive_int
-from inference.bounds import elbo, iw_log_marginal
+from inference.bounds import ImportanceEstimate, elbo, iw_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
+
+REFERENCES = (None, "nuts")
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Comparison:
     exact_note: str = ""
 
     def row(self, estimator: str, num_samples: int | None = None) -> ComparisonRow:
-        """The row of an estimator (``"elbo"``, ``"iw"`` with its K, or ``"exact"``)."""
+        """The row of an estimator (``"elbo"``, ``"iw"`` with its K, ``"nuts"`` or ``"exact"``)."""
         for row in self.rows:
             if row.estimator == estimator and (
                 num_samples is None or row.num_samples == num_samples
@@ -78,6 +80,8 @@ def compare(
     exact: torch.Tensor | None = None,
     chunk_size: int | None = None,
     seed: int | None = None,
+    reference: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Comparison:
     """ELBO, IW_K for each K, and the exact log p(x) where it exists, averaged over points.
 
@@ -90,12 +94,28 @@ def compare(
 
     :param num_samples: the K values, each >= 1.
     :param exact: a precomputed exact log p(x) (N,); by default :func:`exact_log_marginal`.
+    :param reference: ``"nuts"`` adds a row ``"nuts"``, the reference log p(x) of
+        :func:`inference.numpyro_backend.nuts_log_marginal` (built-in models with a
+        continuous latent); None (default) adds none.
+    :param dtype: torch.float32 or torch.float64 for the ELBO and IW rows (see :func:`elbo`).
     :returns: a :class:`Comparison`, printable, with ``to_dict()`` and ``to_json()``.
     """
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}; got {reference!r}")
     ks = sorted({check_positive_int("num_samples", int(k)) for k in num_samples})
     budget = check_positive_int("particles_per_row", particles_per_row or 10 * ks[-1])
     rows = [
-        _elbo_row(elbo(model, guide, x, num_particles=budget, chunk_size=chunk_size, seed=seed))
+        _elbo_row(
+            elbo(
+                model,
+                guide,
+                x,
+                num_particles=budget,
+                chunk_size=chunk_size,
+                seed=seed,
+                dtype=dtype,
+            )
+        )
     ]
     for k in ks:
         replicates = num_replicates or max(1, budget // k)
@@ -107,17 +127,14 @@ def compare(
             num_replicates=replicates,
             chunk_size=chunk_size,
             seed=None if seed is None else seed + k,
+            dtype=dtype,
         )
-        rows.append(
-            ComparisonRow(
-                "iw",
-                k,
-                estimate.mean,
-                estimate.stderr,
-                estimate.ess.mean().item(),
-                _nan_max(estimate.khat),
-            )
-        )
+        rows.append(_importance_row("iw", estimate))
+    if reference == "nuts":
+        # Imported here: JAX and NumPyro load only for a comparison that asks for them.
+        from inference.numpyro_backend import nuts_log_marginal
+
+        rows.append(_importance_row("nuts", nuts_log_marginal(model, x, seed=seed or 0)))
     note = ""
     try:
         exact = exact_log_marginal(model, x) if exact is None else exact
@@ -129,6 +146,17 @@ def compare(
 
 def _elbo_row(estimate) -> ComparisonRow:
     return ComparisonRow("elbo", estimate.num_samples, estimate.mean, estimate.stderr)
+
+
+def _importance_row(estimator: str, estimate: ImportanceEstimate) -> ComparisonRow:
+    return ComparisonRow(
+        estimator,
+        estimate.num_samples,
+        estimate.mean,
+        estimate.stderr,
+        estimate.ess.mean().item(),
+        _nan_max(estimate.khat),
+    )
 
 
 def _nan_max(values: torch.Tensor) -> float | None:

@@ -12,11 +12,13 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from inference._programs import (
     ProgramInfo,
+    data_first,
     inspect_pair,
     is_auxiliary,
     log_density_per_point,
     particle_plate,
     per_point_sum,
+    per_point_vector,
     sample_sites,
     seeded,
     trace_program,
@@ -202,22 +204,10 @@ def _posterior_means(guide_trace, info: ProgramInfo) -> torch.Tensor:
         except NotImplementedError:
             mean = site["value"]
         mean = mean.mean(0, keepdim=True)  # average over particles (exact when fn.mean exists)
-        columns.append(_per_point_vector(mean, info, len(site["fn"].event_shape)))
+        columns.append(per_point_vector(mean, info, len(site["fn"].event_shape)))
     if not columns:
         return torch.zeros(info.num_data, 0)
     return torch.cat(columns, -1).double()
-
-
-def _per_point_vector(value: torch.Tensor, info: ProgramInfo, event_dims: int) -> torch.Tensor:
-    """(1, 1.., N, 1.., *event) -> (N, e): the latent of each data point as a flat vector."""
-    return _data_first(value, event_dims, info).reshape(info.num_data, -1)
-
-
-def _data_first(value: torch.Tensor, event_dims: int, info: ProgramInfo) -> torch.Tensor:
-    """Pad a site value's batch dims to particles + every plate, then move data to dim 0."""
-    batch_rank = value.dim() - event_dims
-    value = value.reshape((1,) * (info.max_plate_nesting + 1 - batch_rank) + tuple(value.shape))
-    return value.movedim(info.max_plate_nesting + 1 + info.data_dim, 0)
 
 
 _CROSS_EVALS_PER_CHUNK = 2**18
@@ -230,7 +220,7 @@ def _mutual_information(guide: Callable, x: torch.Tensor, info: ProgramInfo) -> 
     own = log_density_per_point(trace, info, 1, names)[0]  # (N,)
     # Draw n goes to the particle dim, so each particle n is evaluated at every data point m.
     values = {
-        n: _data_first(trace.nodes[n]["value"], len(trace.nodes[n]["fn"].event_shape), info)
+        n: data_first(trace.nodes[n]["value"], len(trace.nodes[n]["fn"].event_shape), info)
         for n in names
     }  # (N, 1.., 1, 1.., *event)
     chunk = max(1, _CROSS_EVALS_PER_CHUNK // info.num_data)

@@ -23,6 +23,7 @@ from inference._programs import (
     trace_program,
 )
 from inference._validate import check_data
+from lvm_models import NoExactValueError
 
 MAX_QUADRATURE_DIM = 2
 # Grid points per dimension: a coarse grid to locate the posterior, a fine one to integrate.
@@ -34,10 +35,6 @@ _MAX_ZOOMS = 12
 _QUADRATURE_TOLERANCE = 1e-4
 _PRIOR_DRAWS = 512
 _EVALS_PER_CHUNK = 2**18
-
-
-class NoExactValueError(ValueError):
-    """Raised when no exact route to log p(x) applies; the message says why each failed."""
 
 
 def exact_log_marginal(model: Callable, x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +54,22 @@ def exact_log_marginal(model: Callable, x: torch.Tensor) -> torch.Tensor:
     :raises NoExactValueError: naming why each route failed.
     """
     check_data(x)
+    return _finite(_exact_log_marginal(model, x))
+
+
+def _finite(log_marginal: torch.Tensor) -> torch.Tensor:
+    """log p(x) may be -inf (zero density in floating point), never NaN or +inf."""
+    bad = torch.isnan(log_marginal) | (log_marginal == math.inf)
+    if bool(bad.any()):
+        points = bad.nonzero().flatten()[:5].tolist()
+        raise NoExactValueError(
+            f"log p(x) came out NaN or +inf at points {points}: the model's density overflows "
+            "there in its floating-point type"
+        )
+    return log_marginal
+
+
+def _exact_log_marginal(model: Callable, x: torch.Tensor) -> torch.Tensor:
     # The quadrature places its first box from prior draws: a fixed seed keeps it deterministic.
     with torch.no_grad(), seeded(0):
         if callable(getattr(model, "log_marginal", None)):

@@ -9,7 +9,7 @@ update every parameter at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pyro
 import torch
@@ -25,17 +25,18 @@ class MultiTensorAdam(PyroOptim):
     state saved from ``pyro.optim.Adam`` loads here and the other way round.
 
     :param optim_args: keyword arguments of ``torch.optim.Adam`` (``lr``, ``betas``, ...).
-    :param lr_decay: the learning rate is multiplied by this after every step (as ``lrd``
-        of ``pyro.optim.ClippedAdam``); 1 keeps it constant.
+    :param lr_factor: a schedule: step t (from 0) uses ``lr * lr_factor(t)`` (as
+        ``torch.optim.lr_scheduler.LambdaLR``); None keeps the learning rate constant. t is
+        read from Adam's own step count, so the schedule resumes with a loaded state.
     """
 
-    def __init__(self, optim_args: dict, lr_decay: float = 1.0) -> None:
+    def __init__(self, optim_args: dict, lr_factor: Callable[[int], float] | None = None) -> None:
         if not isinstance(optim_args, dict):
             raise TypeError(f"optim_args must be a dict; got {type(optim_args).__name__}")
-        if not 0 < lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1]; got {lr_decay!r}")
+        if lr_factor is not None and "lr" not in optim_args:
+            raise ValueError("lr_factor needs a base learning rate in optim_args['lr']")
         super().__init__(torch.optim.Adam, optim_args)
-        self.lr_decay = lr_decay
+        self.lr_factor = lr_factor
         self._optimizer: torch.optim.Adam | None = None
         self._known: set[torch.Tensor] = set()
 
@@ -47,9 +48,15 @@ class MultiTensorAdam(PyroOptim):
         # Parameters outside this step's traces keep their values, as with PyroOptim.
         for param in self._known.difference(params):
             param.grad = None
+        if self.lr_factor is not None:
+            lr = self.pt_optim_args["lr"] * self.lr_factor(self._steps_taken(params))
+            for group in self._optimizer.param_groups:
+                group["lr"] = lr
         self._optimizer.step()
-        for group in self._optimizer.param_groups:
-            group["lr"] *= self.lr_decay
+
+    def _steps_taken(self, params: list[torch.Tensor]) -> int:
+        state = self._optimizer.state
+        return max((int(state[p]["step"]) for p in params if "step" in state[p]), default=0)
 
     def _register(self, new: list[torch.Tensor]) -> None:
         if not new:

@@ -23,7 +23,8 @@ def plot_training_curves(results: Sequence[ExperimentResult], path: Path) -> Pat
         steps, history = result.history["step"], result.history
         ax.plot(steps, history["elbo"], label="ELBO", color="tab:blue")
         ax.plot(steps, history["iw"], label="IW estimate", color="tab:orange")
-        levels = list(history["elbo"][len(steps) // 5 :]) + list(history["iw"])
+        settled = len(steps) // 5
+        levels = list(history["elbo"][settled:]) + list(history["iw"][settled:])
         if result.exact is not None:
             ax.axhline(result.exact, color="black", linestyle="--", label="exact log p(x), final")
             levels.append(result.exact)
@@ -34,7 +35,7 @@ def plot_training_curves(results: Sequence[ExperimentResult], path: Path) -> Pat
         ax.set_title(_title(result), fontsize=9)
         ax.set_xlabel("SVI step")
         ax.set_ylabel("nats per data point")
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
     return _save(figure, path, "Bounds during training (evaluation points)")
 
 
@@ -77,7 +78,7 @@ def plot_iw_against_k(results: Sequence[ExperimentResult], path: Path) -> Path:
         ax.set_title(_title(result), fontsize=9)
         ax.set_xlabel("K (importance samples)")
         ax.set_ylabel("nats per data point")
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
     return _save(figure, path, "Importance-weighted estimate against K")
 
 

@@ -115,6 +115,23 @@ def gaussian_guides(model: LinearGaussian | GaussianVAE):
     return st.one_of(choices)
 
 
+def overdispersed_gaussian_guides(model: LinearGaussian):
+    """Poor but valid proposals for a ``LinearGaussian``: the prior, or a fixed Gaussian placed
+    off centre (loc in [-2, 2]) and at least as broad as the prior (scale in [1, e]).
+
+    Every posterior of a linear-Gaussian model has covariance (I + W^T Psi^-1 W)^-1 <= I, so
+    these proposals are broader than it: the importance weights have finite variance (finite
+    chi^2(p(z given x) || q)) and log p(x) - E[IW_K] falls like chi^2 / (2K).
+    """
+    st = _st()
+    return st.one_of(
+        st.just(PriorGuide(model)),
+        st.tuples(st.floats(-2.0, 2.0), st.floats(0.0, 1.0)).map(
+            lambda loc_logscale: _fixed_gaussian(model.latent_dim, *loc_logscale)
+        ),
+    )
+
+
 def categorical_guides(model: GaussianMixture):
     """Guides for a mixture: the prior, or a random amortised categorical encoder."""
     st = _st()

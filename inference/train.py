@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import PyroOptim
@@ -23,12 +25,19 @@ from tqdm.auto import tqdm
 
 from inference._programs import (
     ProgramInfo,
-    inspect_program,
+    inspect_pair,
     sample_sites,
     site_log_prob_per_point,
     vectorized_traces,
 )
 from inference._validate import check_data, check_positive_int
+from inference.checkpoint import (
+    capture_state,
+    load_checkpoint,
+    parameter_keys,
+    restore_state,
+    save_checkpoint,
+)
 from inference.optim import MultiTensorAdam
 
 OBJECTIVES = ("elbo", "iwae")
@@ -83,6 +92,10 @@ def fit(
     optimizer: PyroOptim | None = None,
     callback: Callable[[int, Callable, Callable], object] | None = None,
     callback_every: int = 100,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: str | Path | None = None,
+    checkpoint_info: dict[str, object] | None = None,
 ) -> FitResult:
     """Fit ``model`` and ``guide`` to ``data`` by maximising a variational bound with ``SVI``.
 
@@ -132,6 +145,13 @@ def fit(
         ``callback_every``-th step (step counted from 0), e.g. to record diagnostics.
     :param seed: sets Pyro's RNG (``pyro.set_rng_seed``) and the minibatch generator; the
         same seed and the same initial parameters give the same history and parameters.
+    :param checkpoint: a file to write the run's state to (parameters, optimiser state, step,
+        torch's RNG state, the minibatch generator, the losses so far), atomically, every
+        ``checkpoint_every`` steps (0: only at the end) and after the last step.
+    :param resume: a checkpoint to continue from: the same model, guide, data and options
+        continue to ``steps`` (the total) and end with the parameters of the uninterrupted run.
+    :param checkpoint_info: metadata stored in the checkpoint (the command line keeps its
+        arguments there).
     :returns: a :class:`FitResult`. The loss of a step is the negative (beta-weighted) bound
         of its minibatch, times N / B, divided by N: nats per data point, evaluated before
         that step's update.
@@ -151,22 +171,42 @@ def fit(
         free_bits=free_bits,
         optimizer=optimizer,
         callback_every=callback_every,
+        checkpoint_every=checkpoint_every,
     )
     if seed is not None:
         pyro.set_rng_seed(seed)
-    info = inspect_program(model, x, guide)
+    with poutine.trace(param_only=True) as capture:
+        info = inspect_pair(model, guide, x)
+    trained = parameter_keys(model, guide, _unconstrained_params(capture.trace))
     loss = _scaled_to_full_data(
         _objective_loss(objective, num_particles, free_bits, info), num_data
     )
-    svi = SVI(model, guide, optimizer or MultiTensorAdam({"lr": lr}), loss=loss)
-    batches = _minibatches(x, batch_size, seed)
+    optimizer = optimizer or MultiTensorAdam({"lr": lr})
+    svi = SVI(model, guide, optimizer, loss=loss)
+    batch_generator = _batch_generator(num_data, batch_size, seed)
+    options = _resume_options(
+        x,
+        objective=objective,
+        batch_size=batch_size,
+        lr=lr,
+        num_particles=num_particles,
+        beta=beta,
+        kl_warmup_steps=kl_warmup_steps,
+        free_bits=free_bits,
+    )
+    losses: list[float] = []
+    if resume is not None:
+        state = load_checkpoint(resume)
+        restore_state(state, trained, optimizer, batch_generator, options)
+        losses = list(state.losses)
+        if len(losses) > steps:
+            raise ValueError(f"steps ({steps}) is below the checkpoint's step ({len(losses)})")
 
-    losses = []
-    smoothed = math.nan
+    smoothed = losses[-1] if losses else math.nan
     start = time.perf_counter()
-    bar = tqdm(range(steps), disable=not progress, desc=f"fit ({objective})")
+    bar = tqdm(range(len(losses), steps), disable=not progress, desc=f"fit ({objective})")
     for step in bar:
-        batch = next(batches)
+        batch = _minibatch(x, batch_size, batch_generator)
         with _ScaleLatent(_beta_at(step, beta, kl_warmup_steps)):
             losses.append(svi.step(batch) / num_data)
         smoothed = losses[-1] if step == 0 else smoothed + _SMOOTHING * (losses[-1] - smoothed)
@@ -174,10 +214,29 @@ def fit(
             bar.set_postfix(loss=f"{smoothed:.4g}", refresh=False)
         if callback is not None and (step + 1) % callback_every == 0:
             callback(step, model, guide)
+        if checkpoint is not None and (
+            step + 1 == steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
+        ):
+            state = capture_state(
+                step + 1, trained, optimizer, batch_generator, losses, options, checkpoint_info
+            )
+            save_checkpoint(checkpoint, state)
     seconds = time.perf_counter() - start
     tail = losses[-max(1, steps // 10) :]
     history = History(tuple(range(steps)), tuple(losses))
     return FitResult(history, sum(tail) / len(tail), seconds, objective)
+
+
+def _unconstrained_params(trace: Trace) -> list[torch.Tensor]:
+    """The tensors SVI steps: the unconstrained values of the param sites of a trace."""
+    return list(
+        {id(p): p for p in (s["value"].unconstrained() for s in trace.nodes.values())}.values()
+    )
+
+
+def _resume_options(x: torch.Tensor, **training: object) -> dict[str, object]:
+    """What must not change between a run and its resumption (the data by shape and sum)."""
+    return {**training, "data_shape": list(x.shape), "data_sum": float(x.double().sum())}
 
 
 def _check_options(
@@ -194,6 +253,7 @@ def _check_options(
     free_bits: float,
     optimizer: PyroOptim | None,
     callback_every: int,
+    checkpoint_every: int,
 ) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
@@ -203,7 +263,11 @@ def _check_options(
         ("callback_every", callback_every),
     ):
         check_positive_int(name, value)
-    for name, value, lowest in (("batch_size", batch_size, 1), ("seed", seed, 0)):
+    for name, value, lowest in (
+        ("batch_size", batch_size, 1),
+        ("seed", seed, 0),
+        ("checkpoint_every", checkpoint_every, 0),
+    ):
         if value is not None and not _is_int_at_least(value, lowest):
             raise ValueError(f"{name} must be None or an integer >= {lowest}; got {value!r}")
     if batch_size is not None and batch_size > num_data:
@@ -231,23 +295,26 @@ def _is_int_at_least(value: object, lowest: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
 
 
-def _minibatches(
-    x: torch.Tensor, batch_size: int | None, seed: int | None
-) -> Iterator[torch.Tensor]:
-    """Endless minibatches: ``batch_size`` rows of x drawn without replacement, or all of x.
-
-    The rows come from their own generator, seeded by ``seed`` (or by Pyro's RNG when None).
-    """
-    num_data = x.shape[0]
+def _batch_generator(
+    num_data: int, batch_size: int | None, seed: int | None
+) -> torch.Generator | None:
+    """The minibatch generator, seeded by ``seed`` (or by torch's RNG when None); None when
+    training is full-batch."""
     if batch_size is None or batch_size == num_data:
-        # In order: a guide with one parameter per row (MeanField) needs every row in place.
-        while True:
-            yield x
-    generator = torch.Generator().manual_seed(
+        return None
+    return torch.Generator().manual_seed(
         seed if seed is not None else int(torch.randint(2**62, ()))
     )
-    while True:
-        yield x[torch.randperm(num_data, generator=generator)[:batch_size]]  # (B, D)
+
+
+def _minibatch(
+    x: torch.Tensor, batch_size: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``batch_size`` rows of x drawn without replacement, or all of x in order (a guide with
+    one parameter per row, such as MeanField, needs every row in place)."""
+    if generator is None:
+        return x
+    return x[torch.randperm(x.shape[0], generator=generator)[:batch_size]]  # (B, D)
 
 
 def _beta_at(step: int, beta: float, warmup_steps: int) -> float:

@@ -5,7 +5,7 @@ Every model is a :class:`pyro.nn.PyroModule` whose ``forward(x)`` draws the late
 """
 
 from lvm_models import datasets
-from lvm_models._base import LatentVariableModel
+from lvm_models._base import LatentVariableModel, NoExactValueError
 from lvm_models.autoregressive import AutoregressiveVAE
 from lvm_models.linear_gaussian import LinearGaussian, ppca_max_likelihood
 from lvm_models.mixture import GaussianMixture
@@ -18,6 +18,7 @@ __all__ = [
     "GaussianVAE",
     "LatentVariableModel",
     "LinearGaussian",
+    "NoExactValueError",
     "datasets",
     "ppca_max_likelihood",
 ]

@@ -13,9 +13,14 @@ import itertools
 
 import pyro
 import torch
+from pyro import distributions as dist
 from pyro.nn import PyroModule
 
 _instance_counter = itertools.count()
+
+
+class NoExactValueError(ValueError):
+    """Raised when no exact route to log p(x) applies; the message says why."""
 
 
 def unique_pyro_name(prefix: str) -> str:
@@ -31,9 +36,13 @@ def unique_pyro_name(prefix: str) -> str:
 class LatentVariableModel(PyroModule):
     """Base class: p(x) = integral of p(z) p(x given z) dz, one latent ``"z"`` per data point.
 
+    ``binary_data = True`` in a subclass makes :meth:`checked_data` refuse non-binary x.
+
     :param int data_dim: D, the number of columns of ``x``.
     :param int latent_dim: k, the size of one latent (the number of components for a mixture).
     """
+
+    binary_data = False
 
     def __init__(self, data_dim: int, latent_dim: int) -> None:
         _check_positive_int("data_dim", data_dim)
@@ -45,8 +54,8 @@ class LatentVariableModel(PyroModule):
         self.register_buffer("_origin", torch.zeros(()))
 
     def prior(self) -> torch.distributions.Distribution:
-        """p(z) with batch shape (); the data plate broadcasts it to (N,)."""
-        raise NotImplementedError
+        """p(z) = N(0, I_k) with batch shape (); the data plate broadcasts it to (N,)."""
+        return dist.Normal(self._zeros(self.latent_dim), 1.0).to_event(1)
 
     def likelihood(self, z: torch.Tensor) -> torch.distributions.Distribution:
         """p(x given z): event shape (D,), batch shape ``z``'s batch shape."""
@@ -61,11 +70,25 @@ class LatentVariableModel(PyroModule):
         :returns: the observed or sampled data, shape (N, D).
         """
         if x is not None:
-            x = x.to(self._origin.dtype)
+            x = self.checked_data(x)
         size = x.shape[0] if x is not None else (num_data or 1)
         with pyro.plate("data", size):
             z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.likelihood(z), obs=x)
+
+    def checked_data(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, D) in the model's dtype, after checking it has D = ``data_dim`` columns
+        (and, for a model of binary data, only 0s and 1s).
+
+        :raises ValueError: naming the mismatch.
+        """
+        check_columns(x, self.data_dim, self)
+        if self.binary_data and not bool(((x == 0) | (x == 1)).all()):
+            example = x[(x != 0) & (x != 1)][0].item()
+            raise ValueError(
+                f"x must be binary (0 or 1) for {type(self).__name__}; it holds {example:.4g}"
+            )
+        return x.to(self._origin.dtype)
 
     @torch.no_grad()
     def sample(self, num_data: int) -> torch.Tensor:
@@ -75,6 +98,15 @@ class LatentVariableModel(PyroModule):
 
     def _zeros(self, *shape: int) -> torch.Tensor:
         return self._origin.new_zeros(shape)
+
+
+def check_columns(x: torch.Tensor, data_dim: int, owner: object) -> None:
+    """x (N, D) must have D = ``data_dim`` columns, the number ``owner`` was built for."""
+    if x.shape[-1] != data_dim:
+        raise ValueError(
+            f"x has {x.shape[-1]} columns but this {type(owner).__name__} was built for "
+            f"data_dim={data_dim}"
+        )
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -6,6 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
+# Added to every softplus scale, so no network output gives a zero or vanishing scale.
+MIN_SCALE = 1e-4
+
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
     """A tanh MLP ``in_dim -> hidden... -> out_dim`` with a linear output layer.

@@ -40,6 +40,8 @@ class AutoregressiveVAE(LatentVariableModel):
     :param hidden: widths of the decoder's masked hidden layers.
     """
 
+    binary_data = True
+
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (256,)) -> None:
         super().__init__(data_dim, latent_dim)
         if not hidden or any(width < 1 for width in hidden):
@@ -47,9 +49,6 @@ class AutoregressiveVAE(LatentVariableModel):
             raise ValueError(f"hidden must be one or more positive widths; got {hidden!r}")
         self.hidden = tuple(hidden)
         self.decoder = ConditionalMADE(data_dim, latent_dim, self.hidden)
-
-    def prior(self) -> dist.Distribution:
-        return dist.Normal(self._zeros(self.latent_dim), 1.0).to_event(1)
 
     def likelihood(self, z: torch.Tensor) -> AutoregressiveBernoulli:
         return AutoregressiveBernoulli(self.decoder, z)

@@ -8,9 +8,11 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import nn
 
-from lvm_models._base import LatentVariableModel
+from lvm_models._base import LatentVariableModel, NoExactValueError
 
 NOISE_KINDS = ("diagonal", "isotropic")
+# Above this condition number of I + W^T Psi^-1 W, float64 cannot promise 1e-5 nats.
+_MAX_CONDITION = 1e10
 
 
 class LinearGaussian(LatentVariableModel):
@@ -98,20 +100,39 @@ class LinearGaussian(LatentVariableModel):
         scale = self.free_noise_scale if self.fixed_noise is None else self.fixed_noise_scale
         return scale.expand(self.data_dim)
 
-    def prior(self) -> dist.Distribution:
-        return dist.Normal(self._zeros(self.latent_dim), 1.0).to_event(1)
-
     def likelihood(self, z: torch.Tensor) -> dist.Distribution:
         loc = z @ self.weight.T + self.bias  # (..., D)
         return dist.Normal(loc, self.noise_scale).to_event(1)
 
-    def marginal(self) -> dist.LowRankMultivariateNormal:
-        """p(x) = N(b, W W^T + diag(psi^2)) as a low-rank-plus-diagonal Gaussian."""
-        return dist.LowRankMultivariateNormal(self.bias, self.weight, self.noise_scale**2)
+    def marginal(self, dtype: torch.dtype | None = None) -> dist.LowRankMultivariateNormal:
+        """p(x) = N(b, W W^T + diag(psi^2)) as a low-rank-plus-diagonal Gaussian, in ``dtype``
+        (default: the model's)."""
+        weight, bias, noise_scale = (
+            t.to(dtype) for t in (self.weight, self.bias, self.noise_scale)
+        )
+        return dist.LowRankMultivariateNormal(bias, weight, noise_scale**2)
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact log p(x) in nats for x of shape (N, D): a tensor of shape (N,)."""
-        return self.marginal().log_prob(x.to(self.weight.dtype))
+        """Exact log p(x) in nats for x of shape (N, D): a tensor of shape (N,), in x's dtype.
+
+        Computed in float64 whatever the model's dtype (the Woodbury form subtracts terms of
+        size cond(C), C = I + W^T Psi^-1 W, to get one of size D).
+
+        :raises NoExactValueError: when cond(C) > 1e10 (tiny noise with large or collinear
+            columns of W): then even float64 cannot promise 1e-5 nats.
+        """
+        x = self.checked_data(x)
+        marginal = self.marginal(torch.float64)
+        capacitance_tril = marginal._capacitance_tril  # Cholesky factor of C, (k, k)
+        diagonal = capacitance_tril.diagonal().detach()
+        condition = (diagonal.max() / diagonal.min()) ** 2
+        if condition > _MAX_CONDITION:
+            raise NoExactValueError(
+                f"LinearGaussian.log_marginal: I + W^T Psi^-1 W has condition number about "
+                f"{condition.item():.1e} > {_MAX_CONDITION:.0e} (smallest noise_scale "
+                f"{self.noise_scale.min().item():.1e}); the closed form would lose its accuracy"
+            )
+        return marginal.log_prob(x.double()).to(x.dtype)
 
     def posterior(self, x: torch.Tensor) -> dist.MultivariateNormal:
         """The exact p(z given x) = N(S W^T Psi^-1 (x - b), S), S = (I + W^T Psi^-1 W)^-1.
@@ -119,7 +140,7 @@ class LinearGaussian(LatentVariableModel):
         :param x: data of shape (N, D).
         :returns: a MultivariateNormal with batch shape (N,) and event shape (k,).
         """
-        x = x.to(self.weight.dtype)
+        x = self.checked_data(x)
         scaled_weight = self.weight / self.noise_scale.unsqueeze(-1)  # (D, k) = Psi^-1/2 W
         precision = scaled_weight.T @ scaled_weight + torch.eye(
             self.latent_dim, dtype=x.dtype, device=x.device

@@ -68,7 +68,7 @@ class GaussianMixture(LatentVariableModel):
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log p(x) = logsumexp_k [log pi_k + log N(x; mu_k, sigma_k^2)], shape (N,)."""
-        x = x.to(self.means.dtype)
+        x = self.checked_data(x)
         components = dist.Normal(self.means, self.scales).to_event(1)
         log_joint = torch.log_softmax(self.logits, -1) + components.log_prob(
             x.unsqueeze(-2)

@@ -16,10 +16,9 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 
 from lvm_models._base import LatentVariableModel
-from lvm_models._nn import mlp, output_layer
+from lvm_models._nn import MIN_SCALE, mlp, output_layer
 
 COVARIANCE_KINDS = ("diagonal", "full")
-_MIN_SCALE = 1e-4
 
 
 class _MLPDecoderModel(LatentVariableModel):
@@ -29,9 +28,6 @@ class _MLPDecoderModel(LatentVariableModel):
         super().__init__(data_dim, latent_dim)
         self.hidden = tuple(hidden)
         self.decoder = mlp(latent_dim, self.hidden, num_outputs)
-
-    def prior(self) -> dist.Distribution:
-        return dist.Normal(self._zeros(self.latent_dim), 1.0).to_event(1)
 
     @torch.no_grad()
     def ignore_latent(self) -> None:
@@ -85,7 +81,7 @@ class GaussianVAE(_MLPDecoderModel):
         out = self.decoder(z)
         loc, raw_scale = out[..., : self.data_dim], out[..., self.data_dim :]
         if self.covariance == "diagonal":
-            return dist.Normal(loc, F.softplus(raw_scale) + _MIN_SCALE).to_event(1)
+            return dist.Normal(loc, F.softplus(raw_scale) + MIN_SCALE).to_event(1)
         scale_tril = (
             _tril_from_raw(raw_scale, self.data_dim) if self.cholesky_from_z else self.scale_tril
         )
@@ -107,7 +103,7 @@ class GaussianVAE(_MLPDecoderModel):
         mean = torch.as_tensor(mean, dtype=last.bias.dtype)
         covariance = torch.as_tensor(covariance, dtype=last.bias.dtype)
         if self.covariance == "diagonal":
-            raw_scale = _inverse_softplus(covariance.diagonal().sqrt() - _MIN_SCALE)
+            raw_scale = _inverse_softplus(covariance.diagonal().sqrt() - MIN_SCALE)
             last.bias.copy_(torch.cat([mean, raw_scale]))
             return
         cholesky = torch.linalg.cholesky(covariance)
@@ -129,6 +125,8 @@ class BernoulliVAE(_MLPDecoderModel):
     :param hidden: widths of the decoder's hidden layers.
     """
 
+    binary_data = True
+
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (128,)) -> None:
         super().__init__(data_dim, latent_dim, hidden, data_dim)
 
@@ -141,7 +139,7 @@ def _tril_from_raw(raw: torch.Tensor, size: int) -> torch.Tensor:
     rows, cols = torch.tril_indices(size, size, device=raw.device)
     tril = raw.new_zeros((*raw.shape[:-1], size, size))
     tril[..., rows, cols] = raw
-    diagonal = F.softplus(tril.diagonal(dim1=-2, dim2=-1)) + _MIN_SCALE
+    diagonal = F.softplus(tril.diagonal(dim1=-2, dim2=-1)) + MIN_SCALE
     return tril.tril(-1) + torch.diag_embed(diagonal)
 
 
@@ -149,7 +147,7 @@ def _raw_from_tril(tril: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`_tril_from_raw` for one (size, size) factor."""
     size = tril.shape[-1]
     raw = tril.clone()
-    raw.diagonal().copy_(_inverse_softplus(tril.diagonal() - _MIN_SCALE))
+    raw.diagonal().copy_(_inverse_softplus(tril.diagonal() - MIN_SCALE))
     rows, cols = torch.tril_indices(size, size)
     return raw[rows, cols]
 

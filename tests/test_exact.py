@@ -10,13 +10,7 @@ import torch
 
 from inference import NoExactValueError, exact_log_marginal
 from lvm_models import GaussianMixture, GaussianVAE, LinearGaussian
-
-
-def _linear_gaussian(data_dim: int, latent_dim: int, noise: float) -> LinearGaussian:
-    generator = torch.Generator().manual_seed(data_dim * 10 + latent_dim)
-    weight = torch.randn(data_dim, latent_dim, generator=generator, dtype=torch.float64)
-    bias = torch.randn(data_dim, generator=generator, dtype=torch.float64)
-    return LinearGaussian.from_params(weight, bias, torch.full((data_dim,), noise))
+from tests._pairs import linear_gaussian
 
 
 def _as_plain_function(model: LinearGaussian):
@@ -32,7 +26,7 @@ def _as_plain_function(model: LinearGaussian):
 
 
 def test_model_with_closed_form_uses_it():
-    model = _linear_gaussian(4, 2, 0.5)
+    model = linear_gaussian(4, 2, 0.5)
     x = model.sample(10)
     torch.testing.assert_close(exact_log_marginal(model, x), model.log_marginal(x))
 
@@ -40,7 +34,7 @@ def test_model_with_closed_form_uses_it():
 @pytest.mark.parametrize("latent_dim", [1, 2])
 @pytest.mark.parametrize("noise", [1.0, 0.01])
 def test_quadrature_matches_linear_gaussian_closed_form(latent_dim, noise):
-    model = _linear_gaussian(30, latent_dim, noise)
+    model = linear_gaussian(30, latent_dim, noise)
     x = model.sample(20)
     estimate = exact_log_marginal(_as_plain_function(model), x)
     torch.testing.assert_close(estimate, model.log_marginal(x), rtol=0, atol=1e-6)
@@ -136,7 +130,7 @@ def test_enumeration_sums_out_a_chain_of_discrete_latents():
 
 
 def test_no_route_names_why_each_failed_for_a_high_dimensional_latent():
-    model = _as_plain_function(_linear_gaussian(5, 3, 1.0))
+    model = _as_plain_function(linear_gaussian(5, 3, 1.0))
     with pytest.raises(
         NoExactValueError, match=r"enumeration: .*'code'.*quadrature: .*dimension 3 > 2"
     ):
@@ -167,7 +161,7 @@ def test_quadrature_refines_the_points_a_coarse_grid_cannot_resolve(monkeypatch)
     import inference.exact
 
     monkeypatch.setitem(inference.exact._FINAL_POINTS, 2, 7)  # far too coarse to start with
-    model = _linear_gaussian(6, 2, 0.3)
+    model = linear_gaussian(6, 2, 0.3)
     x = model.sample(10)
     estimate = exact_log_marginal(_as_plain_function(model), x)
     torch.testing.assert_close(estimate, model.log_marginal(x), rtol=0, atol=1e-6)
@@ -178,6 +172,6 @@ def test_quadrature_gives_up_with_a_clear_error_when_refinement_is_exhausted(mon
 
     monkeypatch.setitem(inference.exact._FINAL_POINTS, 2, 5)
     monkeypatch.setitem(inference.exact._MAX_POINTS, 2, 5)
-    model = _linear_gaussian(6, 2, 0.3)
+    model = linear_gaussian(6, 2, 0.3)
     with pytest.raises(NoExactValueError, match="quadrature did not converge"):
         exact_log_marginal(_as_plain_function(model), model.sample(5))

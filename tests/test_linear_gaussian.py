@@ -4,8 +4,10 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from scipy.stats import multivariate_normal
 from sklearn.decomposition import PCA, FactorAnalysis
 
+from inference import NoExactValueError, exact_log_marginal
 from lvm_models import LinearGaussian, datasets, ppca_max_likelihood
 
 
@@ -112,3 +114,29 @@ def test_bad_constructor_arguments_are_named(kwargs, message):
     arguments = {"data_dim": 3, "latent_dim": 2, **kwargs}
     with pytest.raises(ValueError, match=message):
         LinearGaussian(**arguments)
+
+
+def _collinear_model(noise: float, dtype: torch.dtype) -> LinearGaussian:
+    """Two columns of W on one line, and small noise: an ill-conditioned marginal covariance."""
+    column = torch.randn(5, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weight = torch.cat([column, 2 * column], 1).to(dtype)
+    return LinearGaussian.from_params(weight, torch.zeros(5, dtype=dtype), noise)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_log_marginal_stays_accurate_for_collinear_columns_and_small_noise(dtype):
+    model = _collinear_model(1e-3, dtype)
+    weight = model.weight.detach().double()
+    covariance = weight @ weight.T + torch.diag(model.noise_scale.detach().double() ** 2)
+    x = model.sample(20).double()
+    reference = multivariate_normal(np.zeros(5), covariance.numpy()).logpdf(x.numpy())
+    ours = model.log_marginal(x).detach().double().numpy()
+    # float64 arithmetic for either dtype: only the result's rounding to float32 remains.
+    rounding = 0.0 if dtype == torch.float64 else 2 * torch.finfo(torch.float32).eps
+    np.testing.assert_allclose(ours, reference, rtol=rounding, atol=1e-6)
+
+
+def test_log_marginal_says_when_it_cannot_be_accurate():
+    model = _collinear_model(1e-6, torch.float64)
+    with pytest.raises(NoExactValueError, match="condition number about"):
+        exact_log_marginal(model, torch.zeros(3, 5, dtype=torch.float64))

@@ -9,7 +9,7 @@ from pyro import distributions as dist
 from sklearn.decomposition import PCA
 
 from guides import AmortizedCategorical, AmortizedGaussian, ExactPosterior
-from inference._programs import inspect_program
+from inference._programs import inspect_pair
 from inference.train import _iwae_loss, fit
 from lvm_models import GaussianMixture, LinearGaussian, datasets
 
@@ -131,7 +131,7 @@ def test_iwae_objective_trains(ppca_data):
 def test_iwae_loss_is_pyros_renyi_bound_at_alpha_zero(ppca_data):
     model, guide = linear_pair()
     x = ppca_data[:100]
-    info = inspect_program(model, x, guide)
+    info = inspect_pair(model, guide, x)
     pyro.set_rng_seed(3)
     ours = _iwae_loss(5, info)(model, guide, x).item()
     pyro.set_rng_seed(3)
@@ -344,3 +344,21 @@ def test_free_bits_with_iwae_raises(ppca_data):
     model, guide = linear_pair()
     with pytest.raises(ValueError, match="free_bits"):
         fit(model, guide, ppca_data, objective="iwae", free_bits=0.5, progress=False)
+
+
+def test_fit_rejects_a_guide_that_misses_a_latent_site(ppca_data):
+    def partial_guide(x):
+        pass
+
+    with pytest.raises(ValueError, match=r"does not sample latent site\(s\) \['z'\]"):
+        fit(LinearGaussian(6, 2), partial_guide, ppca_data, steps=1, progress=False)
+
+
+def test_a_continuous_guide_for_a_discrete_latent_is_named():
+    x = datasets.gaussian_mixture(num_data=50, seed=0).x
+    model = GaussianMixture(x.shape[1], 3)
+    guide = AmortizedGaussian(x.shape[1], 1)
+    with pytest.raises(
+        ValueError, match="'z' is discrete in the model but continuous in the guide"
+    ):
+        fit(model, guide, x, steps=1, progress=False)

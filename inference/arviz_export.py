@@ -1,0 +1,183 @@
+"""ArviZ export: guide draws, importance weights, reference posterior draws and training history
+as one ``arviz.InferenceData``, and PSIS diagnostics from ArviZ next to this library's own.
+
+Groups of the exported ``InferenceData`` (dims ``chain``, ``draw``, ``point`` for the data
+points, ``<site>_dim`` for the flattened latent of a site, ``step`` for training):
+
+- ``posterior``: z_k ~ q(z given x) for every latent site of the model (names from the trace);
+  one chain of ``num_draws`` draws per point.
+- ``sample_stats``: ``log_weight`` = log p(x, z_k) - log q(z_k given x) of those same draws.
+- ``observed_data``: ``data``, the (point, data_dim) array the pair was run on.
+- ``reference_posterior`` (optional): draws from another sampler (e.g. NUTS on p(z given x)),
+  laid out (chain, draw, point, ...).
+- ``training`` (optional): the per-step loss of :func:`~inference.fit`, or any recorded
+  history (a dict of equal-length lists; its ``"step"`` entry, if any, is the coordinate).
+
+Round trip: ``idata.to_netcdf(path)`` and ``arviz.from_netcdf(path)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from inference._programs import (
+    data_first,
+    inspect_pair,
+    log_weights_of_traces,
+    seeded,
+    vectorized_traces,
+)
+from inference._validate import check_data, check_positive_int
+from inference.bounds import weight_diagnostics
+from inference.train import History
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # ArviZ announces its refactor on import
+    import arviz as az
+
+_DRAWS_PER_CHUNK = 2**16  # particles x data points traced at once
+
+
+def to_inference_data(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    num_draws: int = 1000,
+    history: History | Mapping[str, Sequence[float]] | None = None,
+    reference_draws: Mapping[str, torch.Tensor | np.ndarray] | None = None,
+    seed: int | None = None,
+) -> az.InferenceData:
+    """Guide draws and their importance log weights (and optional extras) as InferenceData.
+
+    :param x: data (N, D).
+    :param num_draws: K, draws z_k ~ q(z given x) per point (memory grows with K * N: this is
+        an export of the draws, not a streamed estimate).
+    :param history: a :class:`~inference.train.History` or a dict of per-step lists.
+    :param reference_draws: site name -> (chain, draw, N, ...) draws of p(z given x).
+    :param seed: seeds the draws; None uses the caller's RNG.
+    :returns: an ``arviz.InferenceData`` with the groups listed in the module docstring.
+    """
+    check_data(x)
+    check_positive_int("num_draws", num_draws)
+    draws, log_weights = _guide_draws(model, guide, x, num_draws, seed)
+    idata = az.from_dict(
+        posterior={name: value[None] for name, value in draws.items()},
+        sample_stats={"log_weight": log_weights[None]},
+        observed_data={"data": x.detach().cpu().numpy()},
+        coords={"point": np.arange(x.shape[0])},
+        dims={
+            **{name: ["point", f"{name}_dim"] for name in draws},
+            "log_weight": ["point"],
+            "data": ["point", "data_dim"],
+        },
+        attrs={
+            "created_by": "lvm-suite",
+            "num_draws": num_draws,
+            "seed": -1 if seed is None else seed,
+        },
+    )
+    extra = {}
+    if reference_draws is not None:
+        extra["reference_posterior"] = _reference_dataset(reference_draws, x.shape[0])
+    if history is not None:
+        extra["training"] = _history_dataset(history)
+    if extra:
+        idata.add_groups(extra)
+    return idata
+
+
+@dataclass(frozen=True)
+class WeightDiagnostics:
+    """Per-point importance-weight diagnostics from this library and from ArviZ, side by side.
+
+    :ivar khat: (N,) Pareto k-hat as :func:`~inference.iw_log_marginal` fits it (Pyro's
+        ``fit_generalized_pareto``).
+    :ivar khat_arviz: (N,) Pareto k-hat of ``arviz.psislw``. Both fit the same tail with the
+        same method and agree to rounding; they part only for weights so degenerate (k-hat far
+        above 0.7, where neither estimate can be trusted) that the tail holds weights below
+        1e-15 of the largest: Pyro's ``psis_diagnostic`` drops those, ArviZ keeps them.
+    :ivar ess: (N,) effective sample size (sum w)^2 / sum w^2 of the raw weights.
+    :ivar ess_arviz: (N,) 1 / sum w~^2 of ArviZ's normalised, Pareto-smoothed weights (PSIS
+        ESS; equal to ``ess`` up to the smoothing of the tail).
+    """
+
+    khat: torch.Tensor
+    khat_arviz: torch.Tensor
+    ess: torch.Tensor
+    ess_arviz: torch.Tensor
+
+
+def importance_weight_diagnostics(idata: az.InferenceData) -> WeightDiagnostics:
+    """PSIS k-hat and ESS per point of ``idata.sample_stats.log_weight``, both ways.
+
+    Vehtari et al. (2024), "Pareto smoothed importance sampling", JMLR 25(72).
+    """
+    log_weights = idata.sample_stats["log_weight"].stack(__sample__=("chain", "draw"))
+    smoothed, khat_arviz = az.psislw(log_weights.transpose("point", "__sample__"), reff=1.0)
+    ess_arviz = 1.0 / np.exp(2 * smoothed).sum("__sample__")
+    ess, khat = weight_diagnostics(
+        torch.as_tensor(log_weights.transpose("__sample__", "point").values)
+    )
+    return WeightDiagnostics(
+        khat=khat,
+        khat_arviz=torch.as_tensor(khat_arviz.values),
+        ess=ess,
+        ess_arviz=torch.as_tensor(ess_arviz.values),
+    )
+
+
+def _guide_draws(
+    model: Callable, guide: Callable, x: torch.Tensor, num_draws: int, seed: int | None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Latent draws per site (K, N, e) and their log weights (K, N), chunk by chunk."""
+    chunk = max(1, _DRAWS_PER_CHUNK // x.shape[0])
+    draws: dict[str, list[torch.Tensor]] = {}
+    log_weights = []
+    with torch.no_grad(), seeded(seed):
+        info = inspect_pair(model, guide, x)
+        for start in range(0, num_draws, chunk):
+            size = min(chunk, num_draws - start)
+            model_trace, guide_trace = vectorized_traces(model, guide, x, size, info)
+            log_weights.append(log_weights_of_traces(model_trace, guide_trace, info, size))
+            for name in info.latent_sites:
+                site = guide_trace.nodes[name]
+                value = data_first(site["value"], len(site["fn"].event_shape), info)
+                value = value.movedim(0, 1).expand(size, info.num_data, *value.shape[2:])
+                draws.setdefault(name, []).append(value.reshape(size, info.num_data, -1))
+    return (
+        {name: torch.cat(parts).cpu().numpy() for name, parts in draws.items()},
+        torch.cat(log_weights).double().cpu().numpy(),
+    )
+
+
+def _reference_dataset(reference_draws: Mapping[str, object], num_data: int) -> xr.Dataset:
+    variables = {}
+    for name, value in reference_draws.items():
+        array = np.asarray(value)
+        if array.ndim < 3 or array.shape[2] != num_data:
+            raise ValueError(
+                f"reference_draws['{name}'] must have shape (chain, draw, N={num_data}, ...); "
+                f"got {array.shape}"
+            )
+        array = array.reshape(*array.shape[:3], -1)
+        variables[name] = (("chain", "draw", "point", f"{name}_dim"), array)
+    return xr.Dataset(variables, coords={"point": np.arange(num_data)})
+
+
+def _history_dataset(history: History | Mapping[str, Sequence[float]]) -> xr.Dataset:
+    if isinstance(history, History):
+        history = {"step": history.steps, "loss": history.losses}
+    columns = {name: np.asarray(values) for name, values in history.items()}
+    lengths = {name: column.shape for name, column in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"history entries must be equal-length lists; got shapes {lengths}")
+    steps = columns.pop("step", None)
+    coords = {} if steps is None else {"step": steps}
+    return xr.Dataset({name: ("step", column) for name, column in columns.items()}, coords=coords)

@@ -1,0 +1,196 @@
+"""Checkpoints of a training run: parameters, optimiser state, step and RNG states.
+
+A checkpoint is a plain dict of tensors, numbers and strings written with ``torch.save`` and read
+back with ``torch.load(..., weights_only=True)``, so loading one never runs code. Writes are
+atomic (a temporary file in the same folder, then ``os.replace``): an interrupted run leaves the
+previous checkpoint intact.
+
+Parameters are keyed by where they live, not by their param-store names (those carry a
+per-process instance counter): ``model.<name>`` / ``guide.<name>`` for the parameters of a model
+or guide that is a ``torch.nn.Module`` (its ``named_parameters``), and the param-store name for
+parameters a plain function declares with ``pyro.param`` or ``pyro.module``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+
+FORMAT = "lvm-suite fit checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not written by :func:`~inference.fit`, or
+    for a different model and guide."""
+
+
+@dataclass
+class TrainingState:
+    """Everything :func:`~inference.fit` needs to continue a run exactly where it stopped.
+
+    :ivar step: steps completed.
+    :ivar parameters: key -> unconstrained value of every trained parameter.
+    :ivar optimizer: key -> that parameter's optimiser state (``PyroOptim`` format).
+    :ivar rng_state: torch's CPU RNG state after ``step`` steps.
+    :ivar batch_rng_state: the minibatch generator's state, or None for full-batch training.
+    :ivar losses: the loss of each completed step, nats per data point.
+    :ivar options: the training options, checked on resume.
+    :ivar info: free-form metadata of the caller (the command line stores its arguments).
+    """
+
+    step: int
+    parameters: dict[str, torch.Tensor]
+    optimizer: dict[str, dict]
+    rng_state: torch.Tensor
+    batch_rng_state: torch.Tensor | None
+    losses: list[float]
+    options: dict[str, object]
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def parameter_keys(
+    model: Callable, guide: Callable, params: Iterable[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Stable keys of the trained parameters ``params`` (the unconstrained tensors SVI steps)."""
+    by_identity = {}
+    for role, program in (("model", model), ("guide", guide)):
+        if isinstance(program, torch.nn.Module):
+            for name, param in program.named_parameters(prefix=role):
+                by_identity.setdefault(id(param), name)
+    store = pyro.get_param_store()
+    return {by_identity.get(id(p)) or store.param_name(p): p for p in params}
+
+
+def save_checkpoint(path: str | Path, state: TrainingState) -> None:
+    """Write ``state`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **state.__dict__}
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def load_checkpoint(path: str | Path) -> TrainingState:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    :raises CheckpointError: when the file is missing, unreadable or corrupt, or was not
+        written by lvm-suite's ``fit``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or not a torch file: {first_line}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint written by lvm-suite's fit")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {payload.get('version')!r}; "
+            f"this lvm-suite reads version {VERSION}"
+        )
+    fields = {name: payload[name] for name in TrainingState.__dataclass_fields__}
+    return TrainingState(**fields)
+
+
+def check_same_parameters(state: TrainingState, live: dict[str, torch.Tensor]) -> None:
+    """The checkpoint must hold exactly the live parameters, with the same shapes.
+
+    :raises CheckpointError: naming the missing, unexpected or reshaped parameters.
+    """
+    missing = sorted(set(live) - set(state.parameters))
+    unexpected = sorted(set(state.parameters) - set(live))
+    if missing or unexpected:
+        raise CheckpointError(
+            "the checkpoint is for another model or guide: "
+            f"parameters missing from it {missing}, not in this pair {unexpected}"
+        )
+    reshaped = [
+        f"{key} {tuple(state.parameters[key].shape)} vs {tuple(param.shape)}"
+        for key, param in live.items()
+        if state.parameters[key].shape != param.shape
+    ]
+    if reshaped:
+        raise CheckpointError(f"the checkpoint's parameters have other shapes: {reshaped}")
+
+
+def capture_state(
+    step: int,
+    trained: dict[str, torch.Tensor],
+    optimizer: pyro.optim.PyroOptim,
+    batch_generator: torch.Generator | None,
+    losses: list[float],
+    options: dict[str, object],
+    info: dict[str, object] | None = None,
+) -> TrainingState:
+    """The state of a run after ``step`` steps, keyed by :func:`parameter_keys`."""
+    store = pyro.get_param_store()
+    optimizer_state = optimizer.get_state()
+    by_name = {store.param_name(param): key for key, param in trained.items()}
+    return TrainingState(
+        step=step,
+        parameters={key: param.detach().clone() for key, param in trained.items()},
+        optimizer={
+            by_name[name]: state for name, state in optimizer_state.items() if name in by_name
+        },
+        rng_state=torch.get_rng_state(),
+        batch_rng_state=None if batch_generator is None else batch_generator.get_state(),
+        losses=list(losses),
+        options=dict(options),
+        info=dict(info or {}),
+    )
+
+
+def restore_state(
+    state: TrainingState,
+    trained: dict[str, torch.Tensor],
+    optimizer: pyro.optim.PyroOptim,
+    batch_generator: torch.Generator | None,
+    options: dict[str, object],
+) -> None:
+    """Put a run back where ``state`` left it: parameters, optimiser, RNGs.
+
+    :raises CheckpointError: when the parameters or the training options differ.
+    """
+    check_same_parameters(state, trained)
+    differing = {
+        name: {"checkpoint": state.options.get(name), "now": value}
+        for name, value in options.items()
+        if state.options.get(name) != value
+    }
+    if differing:
+        raise CheckpointError(
+            f"the checkpoint was written with other training options: {differing}"
+        )
+    with torch.no_grad():
+        for key, param in trained.items():
+            param.copy_(state.parameters[key])
+    store = pyro.get_param_store()
+    optimizer.set_state(
+        {store.param_name(trained[key]): saved for key, saved in state.optimizer.items()}
+    )
+    torch.set_rng_state(state.rng_state)
+    if batch_generator is not None:
+        batch_generator.set_state(state.batch_rng_state)

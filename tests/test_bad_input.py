@@ -1,0 +1,232 @@
+"""Bad input gets an error that names the problem and the argument: the table of what we try.
+
+Each row: what is wrong, the call, the exception and (a pattern of) its message. Errors raised
+inside a model or guide carry Pyro's trace shapes after the first line; the first line is ours.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from guides import AmortizedGaussian, MeanField
+from inference import compare, diagnose, elbo, exact_log_marginal, fit, iw_log_marginal
+from lvm_models import AutoregressiveVAE, BernoulliVAE, LinearGaussian
+
+D, K = 4, 2
+X = torch.randn(6, D)
+
+
+def model() -> LinearGaussian:
+    return LinearGaussian(D, K)
+
+
+def guide() -> AmortizedGaussian:
+    return AmortizedGaussian(D, K, hidden=(8,))
+
+
+def no_plate_model(x):
+    z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], K), 1.0).to_event(1))
+    pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True).expand(-1, D), 1.0).to_event(1), obs=x)
+
+
+def guide_missing_the_latent(x):
+    with pyro.plate("data", x.shape[0]):
+        pass
+
+
+def guide_with_an_extra_site(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(torch.zeros(K), 1.0).to_event(1))
+        pyro.sample("w", dist.Normal(0.0, 1.0))
+
+
+def guide_with_another_plate_size(x):
+    with pyro.plate("data", x.shape[0] + 1):
+        pyro.sample("z", dist.Normal(torch.zeros(K), 1.0).to_event(1))
+
+
+def estimate(x: torch.Tensor, **options):
+    return iw_log_marginal(model(), guide(), x, **({"num_samples": 2} | options))
+
+
+BAD_INPUTS = [
+    # (what is wrong, call, exception, message pattern)
+    (
+        "data with NaN",
+        lambda: estimate(X.clone().index_fill_(0, torch.tensor([1]), float("nan"))),
+        ValueError,
+        "x contains NaN or inf",
+    ),
+    (
+        "data with inf",
+        lambda: elbo(model(), guide(), X.clone().fill_(float("inf"))),
+        ValueError,
+        "x contains NaN or inf",
+    ),
+    (
+        "data of rank 1",
+        lambda: estimate(torch.randn(D)),
+        ValueError,
+        r"x must be 2-D \(N, D\); got shape \(4,\)",
+    ),
+    (
+        "data of rank 3",
+        lambda: exact_log_marginal(model(), torch.randn(2, 3, D)),
+        ValueError,
+        "x must be 2-D",
+    ),
+    (
+        "wrong number of columns for the model",
+        lambda: exact_log_marginal(model(), torch.randn(5, D + 1)),
+        ValueError,
+        "x has 5 columns but this LinearGaussian was built for data_dim=4",
+    ),
+    (
+        "wrong number of columns for the guide",
+        lambda: elbo(model(), AmortizedGaussian(D + 1, K), X),
+        ValueError,
+        "x has 4 columns but this AmortizedGaussian was built for data_dim=5",
+    ),
+    ("zero rows", lambda: estimate(torch.zeros(0, D)), ValueError, "x must have at least one row"),
+    (
+        "integer data",
+        lambda: estimate(torch.ones(6, D, dtype=torch.int64)),
+        TypeError,
+        "x must be a floating-point tensor; got dtype torch.int64",
+    ),
+    (
+        "boolean data",
+        lambda: fit(model(), guide(), torch.ones(6, D, dtype=torch.bool), steps=1),
+        TypeError,
+        "data must be a floating-point tensor; got dtype torch.bool",
+    ),
+    (
+        "non-binary data for a Bernoulli model",
+        lambda: elbo(BernoulliVAE(D, K), guide(), torch.rand(6, D)),
+        ValueError,
+        "x must be binary \\(0 or 1\\) for BernoulliVAE",
+    ),
+    (
+        "non-binary data for an autoregressive model",
+        lambda: exact_log_marginal(AutoregressiveVAE(D, K), torch.full((3, D), 0.5)),
+        ValueError,
+        "x must be binary \\(0 or 1\\) for AutoregressiveVAE; it holds 0.5",
+    ),
+    (
+        "num_samples < 1",
+        lambda: estimate(X, num_samples=0),
+        ValueError,
+        "num_samples must be an integer >= 1; got 0",
+    ),
+    (
+        "chunk_size < 1",
+        lambda: estimate(X, chunk_size=0),
+        ValueError,
+        "chunk_size must be an integer >= 1; got 0",
+    ),
+    (
+        "num_particles < 1",
+        lambda: elbo(model(), guide(), X, num_particles=-3),
+        ValueError,
+        "num_particles must be an integer >= 1; got -3",
+    ),
+    (
+        "K < 1 in compare",
+        lambda: compare(model(), guide(), X, num_samples=(1, 0)),
+        ValueError,
+        "num_samples must be an integer >= 1; got 0",
+    ),
+    (
+        "steps < 1",
+        lambda: fit(model(), guide(), X, steps=0),
+        ValueError,
+        "steps must be an integer >= 1; got 0",
+    ),
+    (
+        "negative learning rate",
+        lambda: fit(model(), guide(), X, lr=-0.1, steps=1),
+        ValueError,
+        "lr must be a finite number > 0; got -0.1",
+    ),
+    (
+        "NaN learning rate",
+        lambda: fit(model(), guide(), X, lr=float("nan"), steps=1),
+        ValueError,
+        "lr must be a finite number > 0; got nan",
+    ),
+    (
+        "batch larger than the data",
+        lambda: fit(model(), guide(), X, batch_size=7, steps=1),
+        ValueError,
+        "batch_size must be at most N=6; got 7",
+    ),
+    (
+        "unknown objective",
+        lambda: fit(model(), guide(), X, objective="kl", steps=1),
+        ValueError,
+        "objective must be one of",
+    ),
+    (
+        "a guide that misses a latent site",
+        lambda: elbo(model(), guide_missing_the_latent, X),
+        ValueError,
+        r"the guide does not sample latent site\(s\) \['z'\]",
+    ),
+    (
+        "a guide that misses a latent site, in fit",
+        lambda: fit(model(), guide_missing_the_latent, X, steps=1),
+        ValueError,
+        r"the guide does not sample latent site\(s\) \['z'\]",
+    ),
+    (
+        "a guide that samples a site the model lacks",
+        lambda: diagnose(model(), guide_with_an_extra_site, X),
+        ValueError,
+        r"the guide samples site\(s\) \['w'\] that the model does not have",
+    ),
+    (
+        "a guide with another data-plate size",
+        lambda: estimate_with(guide_with_another_plate_size),
+        ValueError,
+        "the guide's pyro.plate\\('data'\\) has size 7",
+    ),
+    (
+        "a mean-field guide for other data",
+        lambda: elbo(model(), MeanField(5, K), X),
+        ValueError,
+        "x must have num_data=5 rows; got 6",
+    ),
+    (
+        "a model without the data plate",
+        lambda: elbo(no_plate_model, guide(), X),
+        ValueError,
+        r"the model has no pyro.plate\('data', N\)",
+    ),
+    (
+        "a model without the data plate, exact",
+        lambda: exact_log_marginal(no_plate_model, X),
+        ValueError,
+        r"the model has no pyro.plate\('data', N\)",
+    ),
+]
+
+
+def estimate_with(guide_fn):
+    return iw_log_marginal(model(), guide_fn, X, num_samples=2)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [row[1:] for row in BAD_INPUTS],
+    ids=[row[0] for row in BAD_INPUTS],
+)
+def test_bad_input_gets_an_error_naming_the_problem(call, error, message):
+    with pytest.raises(error) as raised:
+        call()
+    first_line = str(raised.value).splitlines()[0]
+    assert re.search(message, first_line), first_line

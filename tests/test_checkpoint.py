@@ -1,0 +1,166 @@
+"""Saving and resuming a training run: exact resumption, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from guides import AmortizedGaussian
+from inference import fit
+from inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lvm_models import GaussianVAE, LinearGaussian, datasets
+
+STEPS = 40
+TRAINING = {"batch_size": 32, "seed": 0, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def data() -> torch.Tensor:
+    return datasets.correlated_gaussian(num_data=200, data_dim=4, seed=0).x
+
+
+def fresh_pair() -> tuple[GaussianVAE, AmortizedGaussian]:
+    torch.manual_seed(1)
+    return GaussianVAE(4, 2, hidden=(8,)), AmortizedGaussian(4, 2, hidden=(8,))
+
+
+def parameters_of(*modules: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for module in modules for p in module.parameters()]
+
+
+def test_resuming_reproduces_the_uninterrupted_run_exactly(data, tmp_path):
+    model, guide = fresh_pair()
+    uninterrupted = fit(model, guide, data, steps=STEPS, **TRAINING)
+    expected = parameters_of(model, guide)
+
+    model, guide = fresh_pair()
+    fit(model, guide, data, steps=25, checkpoint=tmp_path / "run.pt", **TRAINING)
+    model, guide = fresh_pair()  # a new process would start from fresh modules too
+    resumed = fit(model, guide, data, steps=STEPS, resume=tmp_path / "run.pt", **TRAINING)
+
+    for mine, theirs in zip(parameters_of(model, guide), expected):
+        assert torch.equal(mine, theirs)
+    assert resumed.history.losses == uninterrupted.history.losses
+
+
+def test_checkpoints_are_written_every_n_steps_and_at_the_end(data, tmp_path):
+    model, guide = fresh_pair()
+    steps_seen = []
+    path = tmp_path / "run.pt"
+
+    def record(step, model, guide):
+        steps_seen.append(load_checkpoint(path).step if path.exists() else None)
+
+    fit(
+        model,
+        guide,
+        data,
+        steps=23,
+        checkpoint=path,
+        checkpoint_every=10,
+        callback=record,
+        callback_every=1,
+        **TRAINING,
+    )
+    assert steps_seen[9] is None and steps_seen[10] == 10 and steps_seen[20] == 20
+    assert load_checkpoint(path).step == 23
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(data, tmp_path, monkeypatch):
+    model, guide = fresh_pair()
+    path = tmp_path / "run.pt"
+    fit(model, guide, data, steps=5, checkpoint=path, **TRAINING)
+    state = load_checkpoint(path)
+
+    def interrupted_save(payload, file):
+        file.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, state)
+    monkeypatch.undo()
+    assert load_checkpoint(path).step == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]
+
+
+def test_a_corrupt_file_is_named(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"\x80\x02 not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or not a torch file"):
+        load_checkpoint(path)
+
+
+def test_a_foreign_torch_file_is_refused(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.ones(2)}, path)
+    with pytest.raises(CheckpointError, match="not a checkpoint written by lvm-suite's fit"):
+        load_checkpoint(path)
+
+
+def test_a_file_that_would_run_code_is_refused_by_weights_only_loading(tmp_path):
+    path = tmp_path / "pickle.pt"
+    torch.save({"format": "lvm-suite fit checkpoint", "payload": ValueError("code")}, path)
+    with pytest.raises(CheckpointError, match="corrupt or not a torch file"):
+        load_checkpoint(path)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_a_checkpoint_of_another_model_is_refused(data, tmp_path):
+    model, guide = fresh_pair()
+    fit(model, guide, data, steps=3, checkpoint=tmp_path / "run.pt", **TRAINING)
+    other = LinearGaussian(4, 2)
+    with pytest.raises(CheckpointError, match="for another model or guide"):
+        fit(other, guide, data, steps=6, resume=tmp_path / "run.pt", **TRAINING)
+
+
+def test_resuming_with_other_options_is_refused(data, tmp_path):
+    model, guide = fresh_pair()
+    fit(model, guide, data, steps=3, checkpoint=tmp_path / "run.pt", **TRAINING)
+    model, guide = fresh_pair()
+    with pytest.raises(CheckpointError, match="other training options.*'lr'"):
+        fit(model, guide, data, steps=6, lr=0.5, resume=tmp_path / "run.pt", **TRAINING)
+
+
+def lvm_fit(*arguments: str) -> subprocess.Popen:
+    common = ["--eval-points", "20", "--num-samples", "1", "--quiet", "--batch-size", "64"]
+    command = [sys.executable, "-m", "inference.cli", "fit", *arguments, *common]
+    # One thread each: the runs overlap, and two multi-threaded ones would fight for 2 cores.
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    )
+
+
+def test_a_run_interrupted_midway_resumes_from_the_command_line_to_the_same_result(tmp_path):
+    run = ["--model", "gaussian-vae", "--data", "two-moons", "--steps", "800", "--seed", "3"]
+    reference = lvm_fit(*run, "--checkpoint", str(tmp_path / "reference.pt"))
+
+    interrupted_path = tmp_path / "interrupted.pt"
+    interrupted = lvm_fit(*run, "--checkpoint", str(interrupted_path), "--checkpoint-every", "50")
+    deadline = time.monotonic() + 120
+    while not interrupted_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGINT)  # Ctrl-C
+    _, stderr = interrupted.communicate(timeout=120)
+    assert interrupted.returncode == 130, stderr
+    stopped_at = load_checkpoint(interrupted_path).step
+    assert 0 < stopped_at < 800
+
+    resumed = lvm_fit("--resume", str(interrupted_path))
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    final, expected = load_checkpoint(interrupted_path), load_checkpoint(tmp_path / "reference.pt")
+    assert final.step == expected.step == 800
+    for key, value in expected.parameters.items():
+        assert torch.equal(final.parameters[key], value), key

@@ -1,0 +1,95 @@
+"""Numerics at the extremes: log weights spanning 1e4 nats, float32 against float64, dtypes."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from guides import AmortizedGaussian, ExactPosterior, PriorGuide
+from inference import elbo, iw_log_marginal
+from inference.bounds import _RunningLogMeanExp
+from tests._pairs import linear_gaussian
+
+SHARP_NOISE = 0.01  # p(x given z) = N(z, 0.01^2): log weights under the prior span ~1e4 nats
+OBSERVED = 3.0
+
+
+def sharp_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+        pyro.sample("x", dist.Normal(z.unsqueeze(-1), SHARP_NOISE).to_event(1), obs=x)
+
+
+def prior_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_running_log_mean_exp_is_exact_over_1e4_nats(dtype):
+    log_weights = torch.linspace(-1e4, 0.0, 3001, dtype=dtype).reshape(-1, 1)
+    log_weights = log_weights[torch.randperm(3001)]  # the largest arrives in a middle chunk
+    running = _RunningLogMeanExp(tail_size=0)
+    for chunk in log_weights.split(7):
+        running.update(chunk)
+    expected = torch.logsumexp(log_weights.double(), 0) - math.log(3001)
+    torch.testing.assert_close(running.log_mean_exp().double(), expected, rtol=1e-6, atol=0)
+
+
+def test_points_whose_weights_are_all_zero_get_minus_infinity_not_nan():
+    running = _RunningLogMeanExp(tail_size=0)
+    running.update(torch.full((4, 2), -math.inf))
+    running.update(torch.tensor([[-math.inf, -1e4], [-math.inf, -2e4]]))
+    log_mean = running.log_mean_exp()
+    assert log_mean[0] == -math.inf
+    torch.testing.assert_close(log_mean[1], torch.tensor(-1e4 - math.log(6)))
+    assert running.ess().tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_iw_estimate_over_weights_spanning_1e4_nats_is_within_its_error_of_exact(dtype):
+    x = torch.full((1, 1), OBSERVED, dtype=dtype)
+    exact = dist.Normal(0.0, math.sqrt(1 + SHARP_NOISE**2)).log_prob(torch.tensor(OBSERVED))
+    # Small chunks: the running maximum grows many times over the stream.
+    estimate = iw_log_marginal(
+        sharp_model, prior_guide, x, num_samples=200000, chunk_size=5000, seed=1
+    )
+    assert abs(estimate.mean - exact.item()) < 4 * estimate.stderr, estimate.mean
+
+
+def test_dtype_option_computes_in_float64_and_leaves_the_modules_as_they_were():
+    model = linear_gaussian(data_dim=4, latent_dim=2).float()
+    guide = ExactPosterior(model)
+    x = model.sample(5)
+    estimate = elbo(model, guide, x, num_particles=3, dtype=torch.float64)
+    assert estimate.per_point.dtype == torch.float64
+    assert model.weight.dtype == torch.float32
+    # With the exact posterior every log weight is log p(x): float64 makes that exact.
+    reference = model.double().log_marginal(x.double())
+    torch.testing.assert_close(estimate.per_point, reference.detach(), rtol=0, atol=1e-10)
+
+
+def test_dtype_option_runs_an_encoder_in_float64_and_restores_it():
+    model = linear_gaussian(data_dim=4, latent_dim=2).float()
+    guide = AmortizedGaussian(4, 2, hidden=(8,))
+    before = [p.detach().clone() for p in guide.parameters()]
+    estimate = iw_log_marginal(model, guide, model.sample(5), num_samples=10, dtype=torch.float64)
+    assert estimate.per_point.dtype == torch.float64
+    for after, original in zip(guide.parameters(), before):
+        assert after.dtype == torch.float32 and torch.equal(after.detach(), original)
+
+
+def test_prior_guide_shares_the_model_and_is_cast_once():
+    model = linear_gaussian(data_dim=4, latent_dim=2).float()
+    estimate = elbo(model, PriorGuide(model), model.sample(3), dtype=torch.float64)
+    assert estimate.per_point.dtype == torch.float64 and model.weight.dtype == torch.float32
+
+
+def test_an_unsupported_dtype_is_named():
+    model = linear_gaussian(data_dim=4, latent_dim=2)
+    with pytest.raises(ValueError, match="dtype must be None, torch.float32 or torch.float64"):
+        elbo(model, PriorGuide(model), model.sample(3), dtype=torch.float16)
