@@ -11,7 +11,7 @@ from pyro import distributions as dist
 from pyro.nn import PyroModule
 
 from lvm_models._base import check_columns, unique_pyro_name
-from lvm_models._nn import MIN_SCALE, mlp, output_layer
+from lvm_models._nn import MIN_SCALE, mlp
 
 
 class _AmortizedGuide(PyroModule):
@@ -22,6 +22,8 @@ class _AmortizedGuide(PyroModule):
         self.data_dim = data_dim
         self.site = site
         self.encoder = mlp(data_dim, tuple(hidden), num_outputs)
+        # Follows .to(dtype) / .double(); reading it costs no pyro.module statement.
+        self.register_buffer("_origin", torch.zeros(()))
 
     def distribution(self, x: torch.Tensor) -> dist.Distribution:
         raise NotImplementedError
@@ -29,7 +31,7 @@ class _AmortizedGuide(PyroModule):
     def forward(self, x: torch.Tensor, **_: object) -> torch.Tensor:
         """Draw the latent for every row of ``x`` (N, D) inside the data plate."""
         check_columns(x, self.data_dim, self)
-        x = x.to(output_layer(self.encoder).weight.dtype)
+        x = x.to(self._origin.dtype)
         with pyro.plate("data", x.shape[0]):
             return pyro.sample(self.site, self.distribution(x))
 

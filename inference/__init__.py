@@ -12,6 +12,7 @@ from inference.checks import BoundsReport, check_bounds
 from inference.compare import Comparison, ComparisonRow, compare
 from inference.diagnostics import Diagnosis, diagnose
 from inference.exact import NoExactValueError, exact_log_marginal
+from inference.frontier import RateDistortion, rate_distortion
 from inference.train import FitResult, History, fit
 
 # These names load their module on first use: the NumPyro backend imports JAX and NumPyro and
@@ -56,6 +57,7 @@ __all__ = [
     "History",
     "ImportanceEstimate",
     "NoExactValueError",
+    "RateDistortion",
     "check_bounds",
     "compare",
     "diagnose",
@@ -63,5 +65,6 @@ __all__ = [
     "exact_log_marginal",
     "fit",
     "iw_log_marginal",
+    "rate_distortion",
     *_LAZY_NAMES,
 ]

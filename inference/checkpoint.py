@@ -42,6 +42,7 @@ class TrainingState:
     :ivar rng_state: torch's CPU RNG state after ``step`` steps.
     :ivar batch_rng_state: the minibatch generator's state, or None for full-batch training.
     :ivar losses: the loss of each completed step, nats per data point.
+    :ivar logged: the history's periodic records (beta, rate, distortion and their steps).
     :ivar options: the training options, checked on resume.
     :ivar info: free-form metadata of the caller (the command line stores its arguments).
     """
@@ -52,6 +53,7 @@ class TrainingState:
     rng_state: torch.Tensor
     batch_rng_state: torch.Tensor | None
     losses: list[float]
+    logged: dict[str, list]
     options: dict[str, object]
     info: dict[str, object] = field(default_factory=dict)
 
@@ -142,6 +144,7 @@ def capture_state(
     optimizer: pyro.optim.PyroOptim,
     batch_generator: torch.Generator | None,
     losses: list[float],
+    logged: dict[str, list],
     options: dict[str, object],
     info: dict[str, object] | None = None,
 ) -> TrainingState:
@@ -158,6 +161,7 @@ def capture_state(
         rng_state=torch.get_rng_state(),
         batch_rng_state=None if batch_generator is None else batch_generator.get_state(),
         losses=list(losses),
+        logged={name: list(values) for name, values in logged.items()},
         options=dict(options),
         info=dict(info or {}),
     )

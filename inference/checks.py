@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from scipy.stats import norm
 
 from inference._validate import check_data, check_positive_int
 from inference.bounds import Estimate, _delta_method_stderr, elbo, iw_log_marginal
@@ -71,7 +70,10 @@ def check_bounds(
     iw = {k: _iw_with_robust_stderr(model, guide, x, k, particles_per_row, seed + k) for k in ks}
     rows = [("ELBO", bound)] + [(f"IW_{k}", iw[k]) for k in ks]
     comparisons = len(rows) - 1 + (len(rows) if exact is not None else 0)
-    z = float(norm.isf(false_alarm_rate / (2 * comparisons * x.shape[0])))
+    tail = false_alarm_rate / (2 * comparisons * x.shape[0])
+    z = float(
+        torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - tail, dtype=torch.float64))
+    )
     checks = []
     for (low_name, low), (high_name, high) in zip(rows[:-1], rows[1:]):
         _check_ordered(low_name, low.per_point, low.per_point_stderr, high_name, high, z)

@@ -17,7 +17,9 @@ from inference.compare import compare
 from inference.diagnostics import diagnose
 from inference.exact import exact_log_marginal
 from inference.experiments import DEFAULT_BUDGET, EXPERIMENTS, QUICK_BUDGET
+from inference.frontier import built_in_sweeps
 from inference.registry import GUIDES, MODELS, lookup
+from inference.remedies import format_remedies, price_remedies
 from inference.train import fit
 from lvm_models import datasets, ppca_max_likelihood
 
@@ -115,13 +117,17 @@ def _collapse(args: argparse.Namespace) -> dict:
     for experiment in EXPERIMENTS:
         print(f"[lvm collapse] {experiment.__doc__.split(':')[0].strip()}", file=sys.stderr)
         results += experiment(budget, args.seed, not args.quiet)
+    print(f"[lvm collapse] {REMEDIES_TITLE}", file=sys.stderr)
+    remedies = price_remedies(results, budget, args.seed, not args.quiet)
     print(format_summary(results))
     for result in results:
         print(f"{result.key:<3} {result.finding()}")
+    print(f"\n{REMEDIES_TITLE}:\n{format_remedies(remedies)}")
     report = {
         "budget": asdict(budget),
         "seed": args.seed,
         "experiments": [result.to_dict() for result in results],
+        "remedies": [remedy.to_dict() for remedy in remedies],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
@@ -131,6 +137,25 @@ def _collapse(args: argparse.Namespace) -> dict:
         plots.plot_iw_against_k(results, args.out / "iw_against_k.png"),
     ]
     print(f"wrote {args.out / 'results.json'} and {', '.join(str(f) for f in figures)}")
+    return report
+
+
+REMEDIES_TITLE = "Remedies for collapse on the powerful cases: rate gained, log p(x) lost"
+
+
+def _frontier(args: argparse.Namespace) -> dict:
+    """Beta sweeps on built-in pairs: table, JSON and the two plots in ``args.out``."""
+    tables = built_in_sweeps(quick=args.quick, seed=args.seed, progress=not args.quiet)
+    for name, table in tables.items():
+        print(f"{name}\n{table}\n")
+    report = {"seed": args.seed, "sweeps": {name: t.to_dict() for name, t in tables.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "frontier.json").write_text(json.dumps(report, indent=2))
+    figures = [
+        plots.plot_rate_distortion(tables, args.out / "rate_distortion.png"),
+        plots.plot_log_px_against_rate(tables, args.out / "log_px_against_rate.png"),
+    ]
+    print(f"wrote {args.out / 'frontier.json'} and {', '.join(str(f) for f in figures)}")
     return report
 
 
@@ -303,6 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     collapse.add_argument("--quiet", action="store_true", help="no progress bars")
     collapse.add_argument("--json", type=Path, help="also write the results as JSON here")
     collapse.set_defaults(run=_collapse)
+    frontier = commands.add_parser(
+        "frontier",
+        help="beta sweeps: the rate-distortion plane and log p(x) against the rate (JSON, plots)",
+    )
+    frontier.add_argument("--quick", action="store_true", help="three betas, short training")
+    frontier.add_argument("--out", type=Path, default=Path("results"), help="output folder")
+    frontier.add_argument(
+        "--seed", type=_integer_at_least(0), default=0, help="seeds data, training, estimates"
+    )
+    frontier.add_argument("--quiet", action="store_true", help="no progress bars")
+    frontier.add_argument("--json", type=Path, help="also write the results as JSON here")
+    frontier.set_defaults(run=_frontier)
     listing = commands.add_parser("list", help="name the built-in data sets, models and guides")
     listing.add_argument("--json", type=Path, help="also write the lists as JSON to this file")
     listing.set_defaults(run=_list)

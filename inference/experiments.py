@@ -18,7 +18,7 @@ import torch
 from guides import AmortizedGaussian
 from inference.bounds import elbo, iw_log_marginal
 from inference.compare import Comparison, compare
-from inference.diagnostics import Diagnosis, diagnose, encoder_rate
+from inference.diagnostics import Diagnosis, diagnose, rate_and_distortion
 from inference.exact import NoExactValueError, exact_log_marginal
 from inference.optim import MultiTensorAdam
 from inference.train import fit
@@ -61,8 +61,8 @@ class Budget:
 
 DEFAULT_BUDGET = Budget()
 QUICK_BUDGET = Budget(
-    steps=800,
-    record_every=80,
+    steps=600,
+    record_every=60,
     eval_points=64,
     record_iw_samples=20,
     num_samples=(1, 10, 100),
@@ -168,15 +168,7 @@ def powerful_gaussian_decoders(
             lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,)),
             _ml_gaussians("diagonal", "full"),
         ),
-        _Setup(
-            "1b",
-            "correlated Gaussian, full-covariance decoder",
-            "correlated-gaussian",
-            "Gaussian MLP, full covariance",
-            True,
-            lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,), covariance="full"),
-            _ml_gaussians("full"),
-        ),
+        CORRELATED_FULL_COVARIANCE,
         _Setup(
             "1c",
             "correlated Gaussian, diagonal decoder",
@@ -254,14 +246,7 @@ def binary_data(budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool =
             False,
             lambda d: BernoulliVAE(d, LATENT_DIM, hidden=(128,)),
         ),
-        _Setup(
-            "4b",
-            "binarised digits, autoregressive decoder",
-            "binarized-digits",
-            "autoregressive Bernoulli (MADE)",
-            True,
-            lambda d: AutoregressiveVAE(d, LATENT_DIM, hidden=(256,)),
-        ),
+        DIGITS_AUTOREGRESSIVE,
     ]
     return [_run(setup, budget, seed, progress) for setup in setups]
 
@@ -276,25 +261,9 @@ def run_collapse(budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool 
 
 def _run(setup: _Setup, budget: Budget, seed: int, progress: bool) -> ExperimentResult:
     start = time.perf_counter()
-    x = _training_data(setup.data, budget.num_data, seed)
-    x_eval = x[: budget.eval_points]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = setup.make_model(x.shape[1])
-        guide = AmortizedGaussian(x.shape[1], LATENT_DIM, hidden=setup.encoder_hidden)
+    x, x_eval = experiment_data(setup, budget, seed)
     recorder = _Recorder(x_eval, budget.record_iw_samples, seed)
-    fit(
-        model,
-        guide,
-        x,
-        steps=budget.steps,
-        batch_size=min(budget.batch_size, x.shape[0]),
-        seed=seed,
-        progress=progress,
-        optimizer=MultiTensorAdam({"lr": budget.lr}, lr_factor=_annealing(budget)),
-        callback=recorder,
-        callback_every=budget.record_every,
-    )
+    model, guide = train_pair(setup, x, budget, seed, progress, callback=recorder)
     exact = _exact_or_none(model, x_eval)
     diagnosis = diagnose(model, guide, x_eval, exact=exact, seed=seed)
     comparison = compare(
@@ -318,6 +287,45 @@ def _run(setup: _Setup, budget: Budget, seed: int, progress: bool) -> Experiment
         setup.references(x, x_eval),
         time.perf_counter() - start,
     )
+
+
+def experiment_data(setup: _Setup, budget: Budget, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training data of an experiment and its evaluation points (the first rows)."""
+    x = _training_data(setup.data, budget.num_data, seed)
+    return x, x[: budget.eval_points]
+
+
+def train_pair(
+    setup: _Setup,
+    x: torch.Tensor,
+    budget: Budget,
+    seed: int,
+    progress: bool,
+    callback: Callable | None = None,
+    **objective: float,
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A fresh model and encoder of ``setup`` trained on x; ``objective`` holds the remedies
+    (``beta``, ``kl_warmup_steps``, ``free_bits``), none by default. The plain ELBO runs
+    compiled (``jit=True``): the same steps, with Pyro's tracing done once."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = setup.make_model(x.shape[1])
+        guide = AmortizedGaussian(x.shape[1], LATENT_DIM, hidden=setup.encoder_hidden)
+    fit(
+        model,
+        guide,
+        x,
+        steps=budget.steps,
+        batch_size=min(budget.batch_size, x.shape[0]),
+        seed=seed,
+        progress=progress,
+        optimizer=MultiTensorAdam({"lr": budget.lr}, lr_factor=_annealing(budget)),
+        callback=callback,
+        callback_every=budget.record_every,
+        jit=not objective.get("kl_warmup_steps") and not objective.get("free_bits"),
+        **objective,
+    )
+    return model, guide
 
 
 def _annealing(budget: Budget) -> Callable[[int], float]:
@@ -352,7 +360,7 @@ class _Recorder:
         x, seed = self.x_eval, self.seed
         self.history["step"].append(step + 1)
         self.history["elbo"].append(elbo(model, guide, x, num_particles=8, seed=seed).mean)
-        self.history["rate"].append(encoder_rate(model, guide, x, seed=seed))
+        self.history["rate"].append(rate_and_distortion(model, guide, x, seed=seed)[0])
         iw = iw_log_marginal(model, guide, x, num_samples=self.iw_samples, seed=seed)
         self.history["iw"].append(iw.mean)
 
@@ -389,3 +397,23 @@ def _ml_gaussians(*kinds: str) -> Callable[[torch.Tensor, torch.Tensor], dict[st
 def _ml_ppca(x: torch.Tensor, x_eval: torch.Tensor) -> dict[str, float]:
     ppca = ppca_max_likelihood(x, LATENT_DIM)
     return {"ml_ppca": ppca.log_marginal(x_eval).mean().item(), **_ml_gaussians("full")(x, x_eval)}
+
+
+# The two powerful cases, which the remedies for collapse (inference.remedies) are tried on.
+CORRELATED_FULL_COVARIANCE = _Setup(
+    "1b",
+    "correlated Gaussian, full-covariance decoder",
+    "correlated-gaussian",
+    "Gaussian MLP, full covariance",
+    True,
+    lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,), covariance="full"),
+    _ml_gaussians("full"),
+)
+DIGITS_AUTOREGRESSIVE = _Setup(
+    "4b",
+    "binarised digits, autoregressive decoder",
+    "binarized-digits",
+    "autoregressive Bernoulli (MADE)",
+    True,
+    lambda d: AutoregressiveVAE(d, LATENT_DIM, hidden=(256,)),
+)

@@ -1,4 +1,4 @@
-"""Figures of the collapse experiments, as PNG files (matplotlib, no display needed)."""
+"""Figures of the collapse experiments and beta sweeps, as PNG files (matplotlib, no display)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from inference.experiments import REFERENCE_LABELS, ExperimentResult  # noqa: E402
+from inference.frontier import RateDistortion  # noqa: E402
 
 _COLUMNS = 3
 
@@ -114,3 +115,61 @@ def _save(figure, path: Path, title: str) -> Path:
     figure.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+def plot_rate_distortion(tables: dict[str, RateDistortion], path: Path) -> Path:
+    """The rate-distortion plane (Alemi et al., 2018, Fig. 1): D against R per beta, with the
+    line R + D = -best ELBO on which every point has the best ELBO of its sweep."""
+    figure, ax = plt.subplots(figsize=(6.5, 5))
+    for (name, table), color in zip(
+        tables.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ):
+        rates = [row.rate for row in table.rows]
+        distortions = [row.distortion for row in table.rows]
+        ax.plot(rates, distortions, "o-", color=color, label=name)
+        for row in table.rows:
+            ax.annotate(
+                f"β={row.beta:g}",
+                (row.rate, row.distortion),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+        span = [0.0, max(rates) * 1.05]
+        ax.plot(
+            span,
+            [-table.best_elbo - r for r in span],
+            ":",
+            color=color,
+            label=f"R + D = {-table.best_elbo:.2f} (best ELBO)",
+        )
+    ax.set_xlabel("rate R = KL(q(z|x) || p(z)), nats per point")
+    ax.set_ylabel("distortion D = -E_q log p(x|z), nats per point")
+    ax.legend(fontsize=7)
+    return _save(figure, path, "Rate-distortion plane of a beta sweep")
+
+
+def plot_log_px_against_rate(tables: dict[str, RateDistortion], path: Path) -> Path:
+    """log p(x) (IW estimate, 2 s.e.; exact where known) and the ELBO against the rate."""
+    figure, ax = plt.subplots(figsize=(6.5, 5))
+    for (name, table), color in zip(
+        tables.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ):
+        rates = [row.rate for row in table.rows]
+        ax.errorbar(
+            rates,
+            [row.iw for row in table.rows],
+            yerr=[2 * _finite(row.iw_stderr) for row in table.rows],
+            fmt="o-",
+            color=color,
+            capsize=3,
+            label=f"{name}: IW_K log p(x)",
+        )
+        ax.plot(rates, [row.elbo for row in table.rows], "s:", color=color, label=f"{name}: ELBO")
+        exact = [(row.rate, row.exact) for row in table.rows if row.exact is not None]
+        if exact:
+            ax.plot(*zip(*exact), "x", color=color, markersize=9, label=f"{name}: exact log p(x)")
+    ax.set_xlabel("rate R = KL(q(z|x) || p(z)), nats per point")
+    ax.set_ylabel("nats per data point")
+    ax.legend(fontsize=7)
+    return _save(figure, path, "What forcing the latent costs in log p(x)")

@@ -6,16 +6,17 @@ full-data loss and reported divided by N, so histories of data sets of any size 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
@@ -27,6 +28,7 @@ from inference._programs import (
     ProgramInfo,
     inspect_pair,
     sample_sites,
+    seeded,
     site_log_prob_per_point,
     vectorized_traces,
 )
@@ -38,9 +40,11 @@ from inference.checkpoint import (
     restore_state,
     save_checkpoint,
 )
+from inference.diagnostics import rate_and_distortion_of
 from inference.optim import MultiTensorAdam
 
 OBJECTIVES = ("elbo", "iwae")
+_LOGGED = ("logged_steps", "beta", "rate", "distortion")  # what History records every log_every
 _PROGRESS_EVERY = 25  # steps between progress-bar refreshes
 _SMOOTHING = 0.05  # weight of the newest loss in the progress bar's moving average
 
@@ -49,13 +53,23 @@ Loss = Callable[[Callable, Callable, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class History:
-    """The loss after each step: ``losses[i]`` (nats per point) is the loss of step ``steps[i]``."""
+    """The loss of every step and, every ``log_every`` steps, what the ELBO was made of.
+
+    ``losses[i]`` (nats per point) is the loss of step ``steps[i]``. ``beta[j]``, ``rate[j]``
+    and ``distortion[j]`` belong to step ``logged_steps[j]``: the KL weight in force, and the
+    rate KL(q(z given x) || p(z)) and distortion -E_q log p(x given z) of that step's
+    minibatch at the parameters after the step (nats per point, one draw of z).
+    """
 
     steps: tuple[int, ...]
     losses: tuple[float, ...]
+    logged_steps: tuple[int, ...] = ()
+    beta: tuple[float, ...] = ()
+    rate: tuple[float, ...] = ()
+    distortion: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, list]:
-        return {"steps": list(self.steps), "losses": list(self.losses)}
+        return {name: list(values) for name, values in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,8 @@ def fit(
     checkpoint_every: int = 0,
     resume: str | Path | None = None,
     checkpoint_info: dict[str, object] | None = None,
+    jit: bool = False,
+    log_every: int = 50,
 ) -> FitResult:
     """Fit ``model`` and ``guide`` to ``data`` by maximising a variational bound with ``SVI``.
 
@@ -152,6 +168,10 @@ def fit(
         continue to ``steps`` (the total) and end with the parameters of the uninterrupted run.
     :param checkpoint_info: metadata stored in the checkpoint (the command line keeps its
         arguments there).
+    :param log_every: steps between the history's records of beta, rate and distortion.
+    :param jit: compile the ELBO with Pyro's ``JitTrace_ELBO`` (``objective="elbo"``, a fixed
+        beta, no free bits): the same estimate with the Python of the tracing run once, for
+        programs of static structure. Compiling takes a second or two.
     :returns: a :class:`FitResult`. The loss of a step is the negative (beta-weighted) bound
         of its minibatch, times N / B, divided by N: nats per data point, evaluated before
         that step's update.
@@ -172,17 +192,22 @@ def fit(
         optimizer=optimizer,
         callback_every=callback_every,
         checkpoint_every=checkpoint_every,
+        jit=jit,
+        log_every=log_every,
     )
     if seed is not None:
         pyro.set_rng_seed(seed)
     with poutine.trace(param_only=True) as capture:
         info = inspect_pair(model, guide, x)
     trained = parameter_keys(model, guide, _unconstrained_params(capture.trace))
-    loss = _scaled_to_full_data(
-        _objective_loss(objective, num_particles, free_bits, info), num_data
-    )
     optimizer = optimizer or MultiTensorAdam({"lr": lr})
-    svi = SVI(model, guide, optimizer, loss=loss)
+    if jit:
+        svi = _jit_svi(
+            model, guide, optimizer, num_particles, info, num_data / (batch_size or num_data)
+        )
+    else:
+        loss = _objective_loss(objective, num_particles, free_bits, info)
+        svi = SVI(model, guide, optimizer, loss=_scaled_to_full_data(loss, num_data))
     batch_generator = _batch_generator(num_data, batch_size, seed)
     options = _resume_options(
         x,
@@ -195,36 +220,77 @@ def fit(
         free_bits=free_bits,
     )
     losses: list[float] = []
+    logged: dict[str, list] = {name: [] for name in _LOGGED}
     if resume is not None:
         state = load_checkpoint(resume)
         restore_state(state, trained, optimizer, batch_generator, options)
-        losses = list(state.losses)
+        losses, logged = list(state.losses), {name: list(state.logged[name]) for name in _LOGGED}
         if len(losses) > steps:
             raise ValueError(f"steps ({steps}) is below the checkpoint's step ({len(losses)})")
 
     smoothed = losses[-1] if losses else math.nan
+    first_step = len(losses)
     start = time.perf_counter()
     bar = tqdm(range(len(losses), steps), disable=not progress, desc=f"fit ({objective})")
     for step in bar:
         batch = _minibatch(x, batch_size, batch_generator)
-        with _ScaleLatent(_beta_at(step, beta, kl_warmup_steps)):
-            losses.append(svi.step(batch) / num_data)
+        latent_scale = _beta_at(step, beta, kl_warmup_steps)
+        losses.append(_svi_step(svi, batch, latent_scale, step == first_step) / num_data)
+        if not math.isfinite(losses[-1]):
+            raise ValueError(
+                f"training diverged: the loss is {losses[-1]} at step {step} (try a lower lr)"
+            )
         smoothed = losses[-1] if step == 0 else smoothed + _SMOOTHING * (losses[-1] - smoothed)
         if step % _PROGRESS_EVERY == 0:
             bar.set_postfix(loss=f"{smoothed:.4g}", refresh=False)
+        if (step + 1) % log_every == 0:
+            record = (step, latent_scale, *_rate_and_distortion(model, guide, batch, info, step))
+            for name, value in zip(_LOGGED, record):
+                logged[name].append(value)
         if callback is not None and (step + 1) % callback_every == 0:
             callback(step, model, guide)
         if checkpoint is not None and (
             step + 1 == steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
         ):
             state = capture_state(
-                step + 1, trained, optimizer, batch_generator, losses, options, checkpoint_info
+                step + 1,
+                trained,
+                optimizer,
+                batch_generator,
+                losses,
+                logged,
+                options,
+                checkpoint_info,
             )
             save_checkpoint(checkpoint, state)
     seconds = time.perf_counter() - start
     tail = losses[-max(1, steps // 10) :]
-    history = History(tuple(range(steps)), tuple(losses))
+    history = History(
+        tuple(range(steps)), tuple(losses), **{name: tuple(v) for name, v in logged.items()}
+    )
     return FitResult(history, sum(tail) / len(tail), seconds, objective)
+
+
+def _rate_and_distortion(
+    model: Callable, guide: Callable, batch: torch.Tensor, info: ProgramInfo, step: int
+) -> tuple[float, float]:
+    """Rate and distortion of a minibatch, drawn from a stream of their own: recording them
+    leaves the training's random numbers as they were."""
+    batch_info = replace(info, num_data=batch.shape[0])
+    with torch.no_grad(), seeded(step), pyro.validation_enabled(False):
+        return rate_and_distortion_of(model, guide, batch, batch_info, num_particles=1)
+
+
+def _svi_step(svi: SVI, batch: torch.Tensor, latent_scale: float, validate: bool) -> float:
+    """One SVI step, the latent sites' log-densities scaled by ``latent_scale``.
+
+    Pyro's and torch's validation (argument and support checks, shape checks of the traces)
+    run on the first step of a call only: the model and guide have been checked on all the
+    data by then, and on small networks the checks cost a fifth of the step.
+    """
+    scaling = _ScaleLatent(latent_scale) if latent_scale != 1.0 else contextlib.nullcontext()
+    with pyro.validation_enabled(validate), scaling:
+        return svi.step(batch)
 
 
 def _unconstrained_params(trace: Trace) -> list[torch.Tensor]:
@@ -254,6 +320,8 @@ def _check_options(
     optimizer: PyroOptim | None,
     callback_every: int,
     checkpoint_every: int,
+    jit: bool,
+    log_every: int,
 ) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
@@ -261,6 +329,7 @@ def _check_options(
         ("steps", steps),
         ("num_particles", num_particles),
         ("callback_every", callback_every),
+        ("log_every", log_every),
     ):
         check_positive_int(name, value)
     for name, value, lowest in (
@@ -285,6 +354,11 @@ def _check_options(
             raise ValueError(
                 f"{name} must be a finite number {'> 0' if positive else '>= 0'}; got {value!r}"
             )
+    if jit and (objective != "elbo" or free_bits > 0 or kl_warmup_steps > 0):
+        raise ValueError(
+            "jit=True needs objective='elbo' with a fixed beta and no free bits; got "
+            f"objective={objective!r}, kl_warmup_steps={kl_warmup_steps}, free_bits={free_bits}"
+        )
     if free_bits > 0 and objective != "elbo":
         raise ValueError(f"free_bits needs objective='elbo'; got objective={objective!r}")
     if optimizer is not None and not isinstance(optimizer, PyroOptim):
@@ -348,6 +422,29 @@ def _scaled_to_full_data(loss: Loss, num_data: int) -> Loss:
     return scaled_loss
 
 
+def _jit_svi(
+    model: Callable,
+    guide: Callable,
+    optimizer: PyroOptim,
+    num_particles: int,
+    info: ProgramInfo,
+    data_scale: float,
+) -> SVI:
+    """SVI with Pyro's ``JitTrace_ELBO``: the ELBO of ``Trace_ELBO``, its Python traced once.
+
+    The minibatch scaling N / B goes into the programs (``poutine.scale``), where the
+    compiled trace keeps it as a constant: batches are all of size B.
+    """
+    elbo = JitTrace_ELBO(
+        num_particles=num_particles,
+        vectorize_particles=num_particles > 1,
+        max_plate_nesting=info.max_plate_nesting,
+        ignore_jit_warnings=True,
+    )
+    scaled = (poutine.scale(program, scale=data_scale) for program in (model, guide))
+    return SVI(*scaled, optimizer, loss=elbo)
+
+
 def _objective_loss(
     objective: str, num_particles: int, free_bits: float, info: ProgramInfo
 ) -> Loss:
@@ -357,7 +454,8 @@ def _objective_loss(
         return _free_bits_loss(free_bits, num_particles, info)
     elbo = Trace_ELBO(
         num_particles=num_particles,
-        vectorize_particles=True,
+        # One particle needs no particle plate: the same estimate with one handler less.
+        vectorize_particles=num_particles > 1,
         max_plate_nesting=info.max_plate_nesting,
     )
     return elbo.differentiable_loss

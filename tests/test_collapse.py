@@ -88,3 +88,13 @@ def test_histories_record_elbo_rate_and_iw(run):
             == len(history["iw"])
         )
         assert len(history["step"]) >= 5
+
+
+def test_remedies_force_the_latent_of_the_powerful_cases_and_price_it(run):
+    out, stdout, _ = run
+    remedies = json.loads((out / "results.json").read_text())["remedies"]
+    assert {row["case"] for row in remedies} == {"1b", "4b"} and len(remedies) == 6
+    for row in remedies:
+        assert row["rate"] > 1.0, row
+        assert math.isfinite(row["log_px_change"]) and row["log_px_change_stderr"] > 0, row
+    assert "Remedies for collapse" in stdout

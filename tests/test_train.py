@@ -103,9 +103,12 @@ def test_final_loss_is_mean_of_last_tenth_of_history(fitted_linear_vae):
     assert result.final_loss == pytest.approx(mean_of(result.history.losses, -150, 1500))
 
 
-def test_history_to_dict_lists_steps_and_losses(fitted_linear_vae):
+def test_history_to_dict_lists_steps_losses_and_the_logged_records(fitted_linear_vae):
     history = fitted_linear_vae[2].history
-    assert history.to_dict() == {"steps": list(range(1500)), "losses": list(history.losses)}
+    record = history.to_dict()
+    assert record["steps"] == list(range(1500)) and record["losses"] == list(history.losses)
+    assert record["logged_steps"] == list(range(49, 1500, 50))
+    assert len(record["beta"]) == len(record["rate"]) == len(record["distortion"]) == 30
 
 
 # --- the importance-weighted objective --------------------------------------------------------

@@ -1,0 +1,228 @@
+"""The price of forcing the latent: a sweep over beta, the rate-distortion plane, log p(x).
+
+Every remedy for "posterior collapse" changes the objective. With a KL weight beta the
+objective is E_q log p(x given z) - beta KL(q(z given x) || p(z)) = -(D + beta R), rate R and
+distortion D (Alemi et al., 2018, "Fixing a Broken ELBO"). beta < 1 buys rate; the ELBO
+-(R + D) and log p(x) say what it cost. :func:`rate_distortion` trains one fresh pair per
+beta and measures both; :func:`linear_beta_optimum` is the exact answer for linear-Gaussian
+models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from inference._validate import check_data, check_positive_int
+from inference.bounds import iw_log_marginal
+from inference.diagnostics import diagnose
+from inference.train import fit
+
+LINEAR_NOISE_SCALE = 0.5  # sigma of the built-in linear sweep: beta sigma^2 crosses its spectrum
+
+
+@dataclass(frozen=True)
+class FrontierRow:
+    """One beta: where its trained pair sits on the rate-distortion plane, in nats per point."""
+
+    beta: float
+    rate: float
+    distortion: float
+    elbo: float
+    iw: float
+    iw_stderr: float
+    exact: float | None
+    active_units: int
+
+
+@dataclass(frozen=True)
+class RateDistortion:
+    """The rows of :func:`rate_distortion`, printable, with ``to_dict()`` / ``to_json()``."""
+
+    rows: tuple[FrontierRow, ...]
+    num_data: int
+    num_samples: int
+
+    @property
+    def best_elbo(self) -> float:
+        return max(row.elbo for row in self.rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "num_data": self.num_data,
+            "num_samples": self.num_samples,
+            "best_elbo": self.best_elbo,
+            "rows": [asdict(row) for row in self.rows],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def __str__(self) -> str:
+        header = f"{'beta':>7}{'rate':>9}{'distortion':>12}{'ELBO':>10}{'IW_K':>10}"
+        header += f"{'stderr':>8}{'exact':>10}{'active':>8}"
+        lines = [header]
+        for row in self.rows:
+            exact = "-" if row.exact is None else f"{row.exact:.3f}"
+            lines.append(
+                f"{row.beta:>7.3g}{row.rate:>9.3f}{row.distortion:>12.3f}{row.elbo:>10.3f}"
+                f"{row.iw:>10.3f}{row.iw_stderr:>8.3f}{exact:>10}{row.active_units:>8}"
+            )
+        lines.append(f"(nats per data point, N={self.num_data}, K={self.num_samples})")
+        return "\n".join(lines)
+
+
+def rate_distortion(
+    make_model: Callable[[], Callable],
+    make_guide: Callable[[Callable], Callable],
+    data: torch.Tensor,
+    *,
+    betas: Sequence[float],
+    steps: int,
+    num_samples: int = 1000,
+    seed: int | None = None,
+    eval_points: int | None = None,
+    progress: bool = False,
+    **fit_options: object,
+) -> RateDistortion:
+    """Train a fresh model/guide pair per beta and place each on the rate-distortion plane.
+
+    For each beta: ``model = make_model()``, ``guide = make_guide(model)`` (both built after
+    ``torch.manual_seed(seed)``, so every beta starts from the same parameters), then
+    :func:`~inference.fit` with that ``beta`` (and ``fit_options``: ``batch_size``, ``lr``,
+    ``kl_warmup_steps``, ...), then on the first ``eval_points`` rows of ``data``: rate R,
+    distortion D and active units from :func:`~inference.diagnose`, the ELBO -(R + D), the
+    IW estimate of log p(x) with K = ``num_samples`` and its standard error, and the exact log
+    p(x) where :func:`~inference.exact_log_marginal` has a route.
+
+    :param data: (N, D) training data.
+    :param betas: the KL weights, each > 0 (``fit`` accepts 0, but the point is a sweep).
+    :returns: a :class:`RateDistortion`, one row per beta in the order given.
+    """
+    check_data(data, "data")
+    check_positive_int("steps", steps)
+    check_positive_int("num_samples", num_samples)
+    if not betas or any(not (isinstance(b, (int, float)) and b > 0) for b in betas):
+        raise ValueError(f"betas must be a non-empty sequence of numbers > 0; got {betas!r}")
+    x_eval = data[: eval_points or data.shape[0]]
+    rows = []
+    for beta in betas:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if seed is None else seed)
+            model = make_model()
+            guide = make_guide(model)
+        fit(
+            model,
+            guide,
+            data,
+            steps=steps,
+            beta=float(beta),
+            seed=seed,
+            progress=progress,
+            **fit_options,
+        )
+        rows.append(_frontier_row(float(beta), model, guide, x_eval, num_samples, seed))
+    return RateDistortion(tuple(rows), x_eval.shape[0], num_samples)
+
+
+def _frontier_row(beta, model, guide, x, num_samples, seed) -> FrontierRow:
+    diagnosis = diagnose(model, guide, x, seed=seed)
+    iw = iw_log_marginal(model, guide, x, num_samples=num_samples, seed=seed)
+    return FrontierRow(
+        beta=beta,
+        rate=diagnosis.rate,
+        distortion=diagnosis.distortion,
+        elbo=-(diagnosis.rate + diagnosis.distortion),
+        iw=iw.mean,
+        iw_stderr=iw.stderr,
+        exact=diagnosis.exact,
+        active_units=diagnosis.active_units,
+    )
+
+
+@dataclass(frozen=True)
+class LinearBetaOptimum:
+    """The optimum of the beta-objective for a linear-Gaussian model with fixed noise.
+
+    :ivar eigenvalues: (D,) the sample covariance's eigenvalues lambda_i, descending.
+    :ivar active_units: how many of the top k exceed beta sigma^2.
+    :ivar squared_singular_values: (k,) the optimal weight's, max(lambda_i - beta sigma^2, 0).
+    """
+
+    eigenvalues: torch.Tensor
+    active_units: int
+    squared_singular_values: torch.Tensor
+
+
+def linear_beta_optimum(
+    x: torch.Tensor, latent_dim: int, noise_scale: float, beta: float
+) -> LinearBetaOptimum:
+    """Where the beta-objective of probabilistic PCA with noise held at sigma^2 is maximised.
+
+    For p(z) = N(0, I_k), p(x given z) = N(W z + b, sigma^2 I) and any Gaussian q(z given x),
+
+        E_q log N(x; W z + b, sigma^2 I) - beta KL(q || p)
+          = beta [ E_q log N(x; W z + b, beta sigma^2 I) - KL(q || p) ] + c(x),
+
+    because -|x - W z - b|^2 / (2 sigma^2) = beta (-|x - W z - b|^2 / (2 beta sigma^2)) and the
+    normalising constants do not depend on W, b or q. Dividing by beta, the beta-objective is
+    the ordinary ELBO of the same model with noise variance beta sigma^2. Its maximum over a
+    q family that holds the exact (Gaussian) posterior is the maximum likelihood of that
+    pPCA, whose solution is known in closed form (Tipping and Bishop, 1999): b is the sample
+    mean and W = U_k (Lambda_k - beta sigma^2 I)_+^(1/2) R, with Lambda_k the k largest
+    eigenvalues of the sample covariance (divided by N), U_k their eigenvectors and R any
+    rotation. Directions with lambda_i <= beta sigma^2 get a zero column: their latent unit
+    carries nothing and is inactive (Lucas et al., 2019, "Don't Blame the ELBO").
+
+    :param x: (N, D) data.
+    :param latent_dim: k.
+    :param noise_scale: sigma, the fixed noise standard deviation.
+    :param beta: the KL weight, > 0.
+    """
+    x = x.double()
+    centered = x - x.mean(0)
+    eigenvalues = torch.linalg.eigvalsh(centered.T @ centered / x.shape[0]).flip(0)  # descending
+    shrunk = eigenvalues[:latent_dim] - beta * noise_scale**2
+    return LinearBetaOptimum(eigenvalues, int((shrunk > 0).sum()), shrunk.clamp_min(0))
+
+
+def built_in_sweeps(
+    quick: bool = False, seed: int = 0, progress: bool = True
+) -> dict[str, RateDistortion]:
+    """The sweeps of ``lvm frontier``, on correlated Gaussian data (D = 8):
+
+    - probabilistic PCA with its noise held at sigma = 0.5 and a linear encoder, whose optimum
+      :func:`linear_beta_optimum` gives in closed form (full-batch training);
+    - the full-covariance Gaussian VAE, powerful for these data: the ELBO's optimum ignores
+      z, and beta < 1 forces it into use.
+    """
+    from guides import AmortizedGaussian
+    from lvm_models import GaussianVAE, LinearGaussian, datasets
+
+    x = datasets.correlated_gaussian(num_data=1000 if quick else 2000, seed=seed).x
+    data_dim = x.shape[1]
+    betas = (0.25, 1.0, 4.0) if quick else (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+    common = {"betas": betas, "seed": seed, "progress": progress, "eval_points": 256}
+    common["num_samples"] = 100 if quick else 1000
+    linear = rate_distortion(
+        lambda: LinearGaussian(data_dim, 4, noise="isotropic", fixed_noise=LINEAR_NOISE_SCALE),
+        lambda model: AmortizedGaussian(data_dim, 4, hidden=()),
+        x,
+        steps=1000 if quick else 4000,
+        lr=3e-3,
+        jit=True,
+        **common,
+    )
+    vae = rate_distortion(
+        lambda: GaussianVAE(data_dim, 2, hidden=(64,), covariance="full"),
+        lambda model: AmortizedGaussian(data_dim, 2, hidden=(64,)),
+        x,
+        steps=800 if quick else 3000,
+        batch_size=64,
+        jit=True,
+        **common,
+    )
+    return {"pPCA, noise fixed (linear oracle)": linear, "full-covariance Gaussian VAE": vae}
