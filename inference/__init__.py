@@ -15,25 +15,25 @@ from inference.exact import NoExactValueError, exact_log_marginal
 from inference.frontier import RateDistortion, rate_distortion
 from inference.train import FitResult, History, fit
 
+# The public names of inference.numpyro_backend (its __all__, written out: reading it would
+# import the backend).
+_NUMPYRO_BACKEND_NAMES = (
+    "NumPyroGuide",
+    "NumPyroModel",
+    "ReferenceEstimate",
+    "UnreliableReferenceWarning",
+    "amortization_gap",
+    "numpyro_elbo",
+    "numpyro_exact_log_marginal",
+    "numpyro_iw_log_marginal",
+    "nuts_log_marginal",
+    "to_numpyro",
+)
 # These names load their module on first use: the NumPyro backend imports JAX and NumPyro and
 # turns on JAX's 64-bit mode, the ArviZ export imports ArviZ; a user of the PyTorch estimators
 # should pay for neither.
 _LAZY_NAMES = {
-    **dict.fromkeys(
-        (
-            "NumPyroGuide",
-            "NumPyroModel",
-            "ReferenceEstimate",
-            "UnreliableReferenceWarning",
-            "amortization_gap",
-            "numpyro_elbo",
-            "numpyro_exact_log_marginal",
-            "numpyro_iw_log_marginal",
-            "nuts_log_marginal",
-            "to_numpyro",
-        ),
-        "inference.numpyro_backend",
-    ),
+    **dict.fromkeys(_NUMPYRO_BACKEND_NAMES, "inference.numpyro_backend"),
     **dict.fromkeys(
         ("WeightDiagnostics", "importance_weight_diagnostics", "to_inference_data"),
         "inference.arviz_export",

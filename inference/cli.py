@@ -316,30 +316,29 @@ def build_parser() -> argparse.ArgumentParser:
             help="continue the run saved in this checkpoint (its model, guide, data, options)",
         )
         command.set_defaults(run=_fit)
-    collapse = commands.add_parser(
-        "collapse",
-        help="the essay's experiments: when does a VAE ignore its latent? (table, JSON, plots)",
-    )
-    collapse.add_argument("--quick", action="store_true", help="a smaller run (under a minute)")
-    collapse.add_argument("--out", type=Path, default=Path("results"), help="output folder")
-    collapse.add_argument(
-        "--seed", type=_integer_at_least(0), default=0, help="seeds data, training, estimates"
-    )
-    collapse.add_argument("--quiet", action="store_true", help="no progress bars")
-    collapse.add_argument("--json", type=Path, help="also write the results as JSON here")
-    collapse.set_defaults(run=_collapse)
-    frontier = commands.add_parser(
-        "frontier",
-        help="beta sweeps: the rate-distortion plane and log p(x) against the rate (JSON, plots)",
-    )
-    frontier.add_argument("--quick", action="store_true", help="three betas, short training")
-    frontier.add_argument("--out", type=Path, default=Path("results"), help="output folder")
-    frontier.add_argument(
-        "--seed", type=_integer_at_least(0), default=0, help="seeds data, training, estimates"
-    )
-    frontier.add_argument("--quiet", action="store_true", help="no progress bars")
-    frontier.add_argument("--json", type=Path, help="also write the results as JSON here")
-    frontier.set_defaults(run=_frontier)
+    for name, help_text, quick_help, run in (
+        (
+            "collapse",
+            "the essay's experiments: when does a VAE ignore its latent? (table, JSON, plots)",
+            "a smaller run (under a minute)",
+            _collapse,
+        ),
+        (
+            "frontier",
+            "beta sweeps: the rate-distortion plane and log p(x) against the rate (JSON, plots)",
+            "three betas, short training",
+            _frontier,
+        ),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--quick", action="store_true", help=quick_help)
+        command.add_argument("--out", type=Path, default=Path("results"), help="output folder")
+        command.add_argument(
+            "--seed", type=_integer_at_least(0), default=0, help="seeds data, training, estimates"
+        )
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
+        command.add_argument("--json", type=Path, help="also write the results as JSON here")
+        command.set_defaults(run=run)
     listing = commands.add_parser("list", help="name the built-in data sets, models and guides")
     listing.add_argument("--json", type=Path, help="also write the lists as JSON to this file")
     listing.set_defaults(run=_list)

@@ -278,3 +278,10 @@ def test_estimators_check_x(linear):
     model, _ = linear
     with pytest.raises(ValueError, match="x must be 2-D"):
         numpyro_elbo(model, _broad_encoder(4, 2), torch.zeros(4, dtype=torch.float64))
+
+
+def test_the_lazy_names_of_inference_are_the_backends_public_names():
+    import inference
+    import inference.numpyro_backend as backend
+
+    assert set(inference._NUMPYRO_BACKEND_NAMES) == set(backend.__all__)
