@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 
 import pyro
 import torch
@@ -29,6 +30,12 @@ from benchmarks.common import (
 )
 
 PYRO_POINTS = 200  # Pyro's paths hold K x N particles: the digits at K = 1,000 would not fit
+
+
+def default_chunk(num_data: int) -> int:
+    """The library's default chunk of particles (``inference.bounds``), for both estimates;
+    written out so that a hand-written worker never imports the library."""
+    return max(1, 2**16 // num_data)
 
 
 @torch.no_grad()
@@ -78,7 +85,7 @@ def time_against_handwritten(num_samples: int, repeats: int, threads: int) -> di
     torch.set_num_threads(threads)
     model, guide = digits_vae()
     x = digits()
-    chunk = max(1, 2**16 // x.shape[0])  # the library's default chunk, for both
+    chunk = default_chunk(x.shape[0])
     seconds = interleaved_seconds(
         {
             "handwritten": lambda: handwritten_iw(model, guide, x, num_samples, chunk),
@@ -99,15 +106,13 @@ def time_against_handwritten(num_samples: int, repeats: int, threads: int) -> di
 
 def _worker(which: str, num_samples: int, num_points: int, threads: int) -> dict:
     """One estimate in this (fresh) process: seconds and memory."""
-    import time
-
     torch.set_num_threads(threads)
     model, guide = digits_vae()
     x = digits()[:num_points]
     before = resident_mib()
     start = time.perf_counter()
     if which in ("library", "handwritten"):
-        chunk = max(1, 2**16 // x.shape[0])
+        chunk = default_chunk(x.shape[0])
         run = library_iw if which == "library" else handwritten_iw
         run(model, guide, x, num_samples, chunk)
     else:

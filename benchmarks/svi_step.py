@@ -11,6 +11,7 @@ draw, ``torch.optim.Adam``. A step is timed in steady state: the clock runs from
 from __future__ import annotations
 
 import json
+import statistics
 import time
 
 import torch
@@ -99,7 +100,7 @@ def time_steps(num_particles: int, repeats: int, threads: int) -> dict:
         repeats=repeats,
         warmup=0,
     )
-    medians = {name: sorted(values)[len(values) // 2] for name, values in per_step.items()}
+    medians = {name: statistics.median(values) for name, values in per_step.items()}
     return {
         "num_particles": num_particles,
         "batch_size": BATCH_SIZE,

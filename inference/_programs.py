@@ -75,7 +75,7 @@ def inspect_pair(model: Callable, guide: Callable, x: torch.Tensor) -> ProgramIn
     counted), then :func:`check_guide_matches`."""
     guide_trace = trace_program(guide, x)
     # Checked first: replaying the guide carries its plate's size into the model's trace.
-    if any(True for _ in sample_sites(guide_trace)):
+    if any(sample_sites(guide_trace)):
         _covering_data_frame(guide_trace, "guide", x)
     try:
         model_trace = trace_program(poutine.replay(model, trace=guide_trace), x)

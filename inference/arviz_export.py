@@ -34,14 +34,12 @@ from inference._programs import (
     vectorized_traces,
 )
 from inference._validate import check_data, check_positive_int
-from inference.bounds import weight_diagnostics
+from inference.bounds import _chunk_sizes, _default_chunk_size, weight_diagnostics
 from inference.train import History
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # ArviZ announces its refactor on import
     import arviz as az
-
-_DRAWS_PER_CHUNK = 2**16  # particles x data points traced at once
 
 
 def to_inference_data(
@@ -137,13 +135,12 @@ def _guide_draws(
     model: Callable, guide: Callable, x: torch.Tensor, num_draws: int, seed: int | None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Latent draws per site (K, N, e) and their log weights (K, N), chunk by chunk."""
-    chunk = max(1, _DRAWS_PER_CHUNK // x.shape[0])
+    chunk = _default_chunk_size(x.shape[0])
     draws: dict[str, list[torch.Tensor]] = {}
     log_weights = []
     with torch.no_grad(), seeded(seed):
         info = inspect_pair(model, guide, x)
-        for start in range(0, num_draws, chunk):
-            size = min(chunk, num_draws - start)
+        for size in _chunk_sizes(num_draws, chunk):
             model_trace, guide_trace = vectorized_traces(model, guide, x, size, info)
             log_weights.append(log_weights_of_traces(model_trace, guide_trace, info, size))
             for name in info.latent_sites:

@@ -100,7 +100,7 @@ def elbo(
     with torch.no_grad(), seeded(seed), computed_in(dtype, model, guide):
         x = x if dtype is None else x.to(dtype)
         x, info, chunk = _prepare(
-            model, guide, x, ("num_particles", num_particles), chunk_size, num_particles, dtype
+            model, guide, x, ("num_particles", num_particles), chunk_size, num_particles
         )
         for size in _chunk_sizes(num_particles, chunk):
             moments.update(log_importance_weights(model, guide, x, size, info).double())
@@ -149,26 +149,30 @@ def iw_log_marginal(
     replicates = _RunningMoments()
     with torch.no_grad(), seeded(seed), computed_in(dtype, model, guide):
         x = x if dtype is None else x.to(dtype)
-        x, info, chunk = _prepare(
-            model, guide, x, ("num_samples", num_samples), chunk_size, total, dtype
-        )
+        x, info, chunk = _prepare(model, guide, x, ("num_samples", num_samples), chunk_size, total)
         plan = list(_replicate_plan(num_samples, num_replicates, chunk))
         for replicates_in_chunk, size in tqdm(plan, disable=not progress, desc="IW chunks"):
             log_weights = log_importance_weights(model, guide, x, size, info).double()  # (c, N)
             pooled.update(log_weights)
             replicates.feed(log_weights, replicates_in_chunk, num_samples)
     if num_replicates == 1:
-        per_point = pooled.log_mean_exp()
-        stderr = _delta_method_stderr(pooled.ess(), num_samples)
-    else:
-        per_point, stderr = replicates.mean, replicates.stderr
+        return _one_replicate_estimate(pooled, num_samples)
     return ImportanceEstimate(
-        per_point,
-        stderr,
+        replicates.mean,
+        replicates.stderr,
         num_samples,
         ess=pooled.ess(),
         khat=pooled.khat(),
         num_replicates=num_replicates,
+    )
+
+
+def _one_replicate_estimate(pooled: _RunningLogMeanExp, num_samples: int) -> ImportanceEstimate:
+    """IW_K of one replicate from its K streamed weights, with the delta-method stderr."""
+    ess = pooled.ess()
+    stderr = _delta_method_stderr(ess, num_samples)
+    return ImportanceEstimate(
+        pooled.log_mean_exp(), stderr, num_samples, ess=ess, khat=pooled.khat()
     )
 
 
@@ -188,19 +192,21 @@ def _prepare(
     count: tuple[str, int],
     chunk_size: int | None,
     total: int,
-    dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, ProgramInfo, int]:
-    """Validate the arguments, cast x to ``dtype``, inspect the pair, choose the chunk size (at
-    most ``total``)."""
+    """Validate the arguments, inspect the pair, choose the chunk size (at most ``total``)."""
     check_data(x)
-    x = x if dtype is None else x.to(dtype)
     count_name, num_particles = count
     check_positive_int(count_name, num_particles)
     if chunk_size is not None:
         check_positive_int("chunk_size", chunk_size)
     info = inspect_pair(model, guide, x)
-    chunk = chunk_size or max(1, _DEFAULT_CHUNK_BUDGET // x.shape[0])
+    chunk = chunk_size or _default_chunk_size(x.shape[0])
     return x, info, min(chunk, total)
+
+
+def _default_chunk_size(num_data: int) -> int:
+    """Particles per chunk when the caller names none: about 2^16 particle-points at once."""
+    return max(1, _DEFAULT_CHUNK_BUDGET // num_data)
 
 
 def _chunk_sizes(total: int, chunk: int) -> Iterator[int]:

@@ -110,6 +110,9 @@ def _fit(args: argparse.Namespace) -> dict:
     }
 
 
+REMEDIES_TITLE = "Remedies for collapse on the powerful cases: rate gained, log p(x) lost"
+
+
 def _collapse(args: argparse.Namespace) -> dict:
     """All four experiments: summary table, results.json and plots in ``args.out``."""
     budget = QUICK_BUDGET if args.quick else DEFAULT_BUDGET
@@ -138,9 +141,6 @@ def _collapse(args: argparse.Namespace) -> dict:
     ]
     print(f"wrote {args.out / 'results.json'} and {', '.join(str(f) for f in figures)}")
     return report
-
-
-REMEDIES_TITLE = "Remedies for collapse on the powerful cases: rate gained, log p(x) lost"
 
 
 def _frontier(args: argparse.Namespace) -> dict:

@@ -103,7 +103,8 @@ def compare(
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}; got {reference!r}")
     ks = sorted({check_positive_int("num_samples", int(k)) for k in num_samples})
-    budget = check_positive_int("particles_per_row", particles_per_row or 10 * ks[-1])
+    budget = 10 * ks[-1] if particles_per_row is None else particles_per_row
+    check_positive_int("particles_per_row", budget)
     rows = [
         _elbo_row(
             elbo(

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
 from guides import AmortizedGaussian
+from inference._programs import seeded
 from inference.bounds import elbo, iw_log_marginal
-from inference.compare import Comparison, compare
+from inference.compare import Comparison, ComparisonRow, compare
 from inference.diagnostics import Diagnosis, diagnose, rate_and_distortion
 from inference.exact import NoExactValueError, exact_log_marginal
 from inference.optim import MultiTensorAdam
@@ -84,20 +85,22 @@ class ExperimentResult:
     history: dict[str, list[float]]
     references: dict[str, float]
     seconds: float
-    largest_k: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "largest_k", max(r.num_samples for r in self._iw_rows()))
-
-    def _iw_rows(self):
+    @property
+    def iw_rows(self) -> list[ComparisonRow]:
+        """The comparison's IW_K rows, in increasing K."""
         return [row for row in self.comparison.rows if row.estimator == "iw"]
+
+    @property
+    def largest_k(self) -> int:
+        return max(row.num_samples for row in self.iw_rows)
 
     @property
     def elbo(self) -> float:
         return self.comparison.row("elbo").mean
 
     @property
-    def iw(self):
+    def iw(self) -> ComparisonRow:
         return self.comparison.row("iw", self.largest_k)
 
     @property
@@ -307,8 +310,7 @@ def train_pair(
     """A fresh model and encoder of ``setup`` trained on x; ``objective`` holds the remedies
     (``beta``, ``kl_warmup_steps``, ``free_bits``), none by default. The plain ELBO runs
     compiled (``jit=True``): the same steps, with Pyro's tracing done once."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = setup.make_model(x.shape[1])
         guide = AmortizedGaussian(x.shape[1], LATENT_DIM, hidden=setup.encoder_hidden)
     fit(

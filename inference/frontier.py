@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from inference._programs import seeded
 from inference._validate import check_data, check_positive_int
 from inference.bounds import iw_log_marginal
 from inference.diagnostics import diagnose
@@ -110,8 +111,7 @@ def rate_distortion(
     x_eval = data[: eval_points or data.shape[0]]
     rows = []
     for beta in betas:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0 if seed is None else seed)
+        with seeded(0 if seed is None else seed):
             model = make_model()
             guide = make_guide(model)
         fit(

@@ -62,7 +62,7 @@ def plot_iw_against_k(results: Sequence[ExperimentResult], path: Path) -> Path:
     """IW_K (mean and 2 standard errors) against K, with the ELBO and the exact log p(x)."""
     figure, axes = _panels(len(results))
     for ax, result in zip(axes, results):
-        rows = [row for row in result.comparison.rows if row.estimator == "iw"]
+        rows = result.iw_rows
         ks = [row.num_samples for row in rows]
         ax.errorbar(
             ks,

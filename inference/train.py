@@ -223,10 +223,10 @@ def fit(
     logged: dict[str, list] = {name: [] for name in _LOGGED}
     if resume is not None:
         state = load_checkpoint(resume)
+        if state.step > steps:
+            raise ValueError(f"steps ({steps}) is below the checkpoint's step ({state.step})")
         restore_state(state, trained, optimizer, batch_generator, options)
-        losses, logged = list(state.losses), {name: list(state.logged[name]) for name in _LOGGED}
-        if len(losses) > steps:
-            raise ValueError(f"steps ({steps}) is below the checkpoint's step ({len(losses)})")
+        losses, logged = state.losses, state.logged
 
     smoothed = losses[-1] if losses else math.nan
     first_step = len(losses)

@@ -113,7 +113,7 @@ class LinearGaussian(LatentVariableModel):
         return dist.LowRankMultivariateNormal(bias, weight, noise_scale**2)
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact log p(x) in nats for x of shape (N, D): a tensor of shape (N,), in x's dtype.
+        """Exact log p(x) in nats for x (N, D): a tensor of shape (N,), in the model's dtype.
 
         Computed in float64 whatever the model's dtype (the Woodbury form subtracts terms of
         size cond(C), C = I + W^T Psi^-1 W, to get one of size D).

@@ -142,6 +142,12 @@ BAD_INPUTS = [
         "num_samples must be an integer >= 1; got 0",
     ),
     (
+        "particles_per_row < 1 in compare",
+        lambda: compare(model(), guide(), X, particles_per_row=0),
+        ValueError,
+        "particles_per_row must be an integer >= 1; got 0",
+    ),
+    (
         "steps < 1",
         lambda: fit(model(), guide(), X, steps=0),
         ValueError,

@@ -77,7 +77,7 @@ def test_bad_options_exit_2_naming_the_option(argv, capsys):
     assert f"argument {argv[1]}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["collapse", "fit", "compare", "exact", "list"])
+@pytest.mark.parametrize("command", ["collapse", "frontier", "fit", "compare", "exact", "list"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -7,10 +7,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _pairs import linear_gaussian
 
 from inference import NoExactValueError, exact_log_marginal
 from lvm_models import GaussianMixture, GaussianVAE, LinearGaussian
-from tests._pairs import linear_gaussian
 
 
 def _as_plain_function(model: LinearGaussian):

@@ -83,7 +83,7 @@ def test_batched_tail_selection_equals_selection_per_chunk():
         running.update(chunk)
     running.khat()  # merges what is pending
     assert torch.equal(running._tail, expected)
-    ess, khat = weight_diagnostics(log_weights)
+    _, khat = weight_diagnostics(log_weights)
     torch.testing.assert_close(khat, running.khat())
 
 
@@ -111,4 +111,4 @@ def test_jit_fit_takes_the_steps_of_the_plain_fit():
         fit(model, guide, x, steps=STEPS, batch_size=64, lr=0.01, seed=0, progress=False, jit=jit)
         results.append(parameters_of(model, guide))
     for compiled, plain in zip(*results[::-1]):
-        torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-6)

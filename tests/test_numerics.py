@@ -8,11 +8,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _pairs import linear_gaussian
 
 from guides import AmortizedGaussian, ExactPosterior, PriorGuide
 from inference import elbo, iw_log_marginal
 from inference.bounds import _RunningLogMeanExp
-from tests._pairs import linear_gaussian
 
 SHARP_NOISE = 0.01  # p(x given z) = N(z, 0.01^2): log weights under the prior span ~1e4 nats
 OBSERVED = 3.0

@@ -68,6 +68,12 @@ def _numpyro_log_density(program, x: torch.Tensor, z: torch.Tensor) -> float:
     return float(log_joint(x.numpy(), z.numpy()))
 
 
+def _assert_within_three_standard_errors(jax_estimate, torch_estimate) -> None:
+    """The two means differ by less than 3 standard errors of their difference."""
+    difference = jax_estimate.mean - torch_estimate.mean
+    assert abs(difference) < 3 * math.hypot(jax_estimate.stderr, torch_estimate.stderr)
+
+
 MODELS = {
     "linear-gaussian": lambda: linear_gaussian(4, 2, 1.0),
     "mixture": _mixture,
@@ -147,8 +153,7 @@ def test_iw_estimates_agree_with_pyro_within_standard_errors(name):
     jax_estimate = numpyro_iw_log_marginal(model, guide, x, num_samples=1000, seed=0)
     torch_estimate = iw_log_marginal(model, guide, x, num_samples=1000, seed=0)
     assert float(jax_estimate.khat.max()) < 0.7 and float(torch_estimate.khat.max()) < 0.7
-    difference = jax_estimate.mean - torch_estimate.mean
-    assert abs(difference) < 3 * math.hypot(jax_estimate.stderr, torch_estimate.stderr)
+    _assert_within_three_standard_errors(jax_estimate, torch_estimate)
 
 
 def test_elbo_agrees_with_pyro_within_standard_errors(linear):
@@ -156,8 +161,7 @@ def test_elbo_agrees_with_pyro_within_standard_errors(linear):
     guide = _broad_encoder(4, 2)
     jax_estimate = numpyro_elbo(model, guide, x, num_particles=500, seed=0)
     torch_estimate = elbo(model, guide, x, num_particles=500, seed=0)
-    difference = jax_estimate.mean - torch_estimate.mean
-    assert abs(difference) < 3 * math.hypot(jax_estimate.stderr, torch_estimate.stderr)
+    _assert_within_three_standard_errors(jax_estimate, torch_estimate)
 
 
 def test_iw_estimate_does_not_depend_on_chunk_size(linear):

@@ -19,10 +19,10 @@ from torch import nn
 
 from inference._validate import check_positive_int
 from inference.bounds import (
-    _DEFAULT_CHUNK_BUDGET,
     Estimate,
     ImportanceEstimate,
-    _delta_method_stderr,
+    _default_chunk_size,
+    _one_replicate_estimate,
     _psis_tail_size,
     _RunningLogMeanExp,
     _RunningMoments,
@@ -103,11 +103,7 @@ def importance_estimate(
     pooled = _RunningLogMeanExp(tail_size=_psis_tail_size(num_samples))
     for log_weights in log_weight_chunks(model, guide, data, num_samples, chunk_size, seed):
         pooled.update(log_weights)
-    ess = pooled.ess()
-    stderr = _delta_method_stderr(ess, num_samples)
-    return ImportanceEstimate(
-        pooled.log_mean_exp(), stderr, num_samples, ess=ess, khat=pooled.khat()
-    )
+    return _one_replicate_estimate(pooled, num_samples)
 
 
 def _prepare(
@@ -135,7 +131,7 @@ def log_weight_chunks(
     seed: int,
 ) -> Iterator[torch.Tensor]:
     """log w (c, N) for particles 0 .. num_particles - 1, chunk by chunk, as float64 tensors."""
-    chunk = min(chunk_size or max(1, _DEFAULT_CHUNK_BUDGET // data.shape[0]), num_particles)
+    chunk = min(chunk_size or _default_chunk_size(data.shape[0]), num_particles)
     # Equal chunks, the last one padded and cut: one shape, so one compilation.
     chunk = -(-num_particles // -(-num_particles // chunk))
     log_weights = _log_weights_fn(model, guide)

@@ -172,13 +172,19 @@ def _gaussian_vae(model: GaussianVAE) -> NumPyroModel:
 
     def likelihood(z: jax.Array) -> dist.Distribution:
         out = decoder(z)
-        loc, raw_scale = out[..., :data_dim], out[..., data_dim:]
         if diagonal:
-            return dist.Normal(loc, jax.nn.softplus(raw_scale) + MIN_SCALE).to_event(1)
+            return _diagonal_normal(out, data_dim)
+        loc, raw_scale = out[..., :data_dim], out[..., data_dim:]
         scale_tril = _tril_from_raw(raw_scale, data_dim) if cholesky_from_z else fixed_tril
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
     return NumPyroModel(_standard_normal(model.latent_dim), likelihood)
+
+
+def _diagonal_normal(out: jax.Array, size: int) -> dist.Distribution:
+    """N(loc, diag(softplus(raw) + MIN_SCALE)^2) from a network output [loc, raw] (..., 2 size)."""
+    loc, raw_scale = out[..., :size], out[..., size:]
+    return dist.Normal(loc, jax.nn.softplus(raw_scale) + MIN_SCALE).to_event(1)
 
 
 def _tril_from_raw(raw: jax.Array, size: int) -> jax.Array:
@@ -199,13 +205,7 @@ def _bernoulli_vae(model: BernoulliVAE) -> NumPyroModel:
 
 def _amortized_gaussian(guide: AmortizedGaussian) -> NumPyroGuide:
     encoder, latent_dim = _mlp(guide.encoder), guide.latent_dim
-
-    def distribution(x: jax.Array) -> dist.Distribution:
-        out = encoder(x)
-        loc, raw_scale = out[..., :latent_dim], out[..., latent_dim:]
-        return dist.Normal(loc, jax.nn.softplus(raw_scale) + MIN_SCALE).to_event(1)
-
-    return NumPyroGuide(distribution, guide.site)
+    return NumPyroGuide(lambda x: _diagonal_normal(encoder(x), latent_dim), guide.site)
 
 
 def _amortized_categorical(guide: AmortizedCategorical) -> NumPyroGuide:

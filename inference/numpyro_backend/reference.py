@@ -107,12 +107,12 @@ def nuts_log_marginal(
         progress_bar=False,
     )
     mcmc.run(random.PRNGKey(seed), data)
-    draws = mcmc.get_samples(group_by_chain=True)["z"]  # (C, S, N, k)
+    draws = np.array(mcmc.get_samples(group_by_chain=True)["z"])  # (C, S, N, k)
     proposal = _student_t_proposal(draws.reshape(-1, *draws.shape[2:]), proposal_df)
     estimate = importance_estimate(
         model, NumPyroGuide(lambda _: proposal), data, num_importance, chunk_size, seed + 1
     )
-    posterior = az.convert_to_dataset({"z": np.asarray(draws)})
+    posterior = az.convert_to_dataset({"z": draws})
     rhat = torch.from_numpy(az.rhat(posterior)["z"].values.max(-1))
     bulk_ess = torch.from_numpy(az.ess(posterior, method="bulk")["z"].values.min(-1))
     _warn_if_unreliable(rhat, bulk_ess, estimate.khat, MIN_BULK_ESS_PER_CHAIN * num_chains)
@@ -124,7 +124,7 @@ def nuts_log_marginal(
         khat=estimate.khat,
         rhat=rhat,
         bulk_ess=bulk_ess,
-        draws=torch.from_numpy(np.array(draws)),
+        draws=torch.from_numpy(draws),
     )
 
 
