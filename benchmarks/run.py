@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import iw, matmul, svi_step
+from benchmarks import ais, iw, matmul, svi_step
 
 THREADS = 2  # the machines this project runs on have 2 cores
 
@@ -41,6 +41,7 @@ def run(quick: bool) -> dict:
         "svi_step": [
             svi_step.time_steps(p, repeats=3 if quick else 5, threads=THREADS) for p in (1, 8)
         ],
+        "ais": ais.run(quick, THREADS),
     }
 
 
@@ -82,6 +83,8 @@ def table(report: dict) -> str:
             f"Trace_ELBO {ms['trace_elbo']:.2f} ({ratio['trace_elbo']:.2f}x), "
             f"jit=True {ms['jit_trace_elbo']:.2f} ({ratio['jit_trace_elbo']:.2f}x)"
         )
+    if "ais" in report:
+        lines += ["", *ais.table(report["ais"])]
     return "\n".join(lines)
 
 

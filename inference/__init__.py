@@ -7,6 +7,7 @@ observed from the trace.
 
 import importlib
 
+from inference.ais import AISEstimate, BDMCResult, ais_log_marginal, bdmc
 from inference.bounds import Estimate, ImportanceEstimate, elbo, iw_log_marginal
 from inference.checks import BoundsReport, check_bounds
 from inference.compare import Comparison, ComparisonRow, compare
@@ -48,6 +49,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AISEstimate",
+    "BDMCResult",
     "BoundsReport",
     "Comparison",
     "ComparisonRow",
@@ -58,6 +61,8 @@ __all__ = [
     "ImportanceEstimate",
     "NoExactValueError",
     "RateDistortion",
+    "ais_log_marginal",
+    "bdmc",
     "check_bounds",
     "compare",
     "diagnose",

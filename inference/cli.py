@@ -20,6 +20,7 @@ from inference.experiments import DEFAULT_BUDGET, EXPERIMENTS, QUICK_BUDGET
 from inference.frontier import built_in_sweeps
 from inference.registry import GUIDES, MODELS, lookup
 from inference.remedies import format_remedies, price_remedies
+from inference.sandwich import sandwich_curve
 from inference.train import fit
 from lvm_models import datasets, ppca_max_likelihood
 
@@ -157,6 +158,42 @@ def _frontier(args: argparse.Namespace) -> dict:
     ]
     print(f"wrote {args.out / 'frontier.json'} and {', '.join(str(f) for f in figures)}")
     return report
+
+
+def _sandwich(args: argparse.Namespace) -> dict:
+    """Train a built-in pair briefly, then BDMC on data simulated from it at several T."""
+    data = datasets.load(args.data, seed=args.seed)
+    x = data.x
+    model = lookup("model", MODELS, args.model).build(x.shape[1], args.latent_dim)
+    guide = lookup("guide", GUIDES, args.guide).build(model, x.shape[0])
+    if args.steps > 0:
+        fit(
+            model,
+            guide,
+            x,
+            steps=args.steps,
+            batch_size=min(args.batch_size, x.shape[0]),
+            lr=args.lr,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    start = None if args.from_prior else guide
+    curve = sandwich_curve(
+        model,
+        start,
+        x[: args.eval_points],
+        steps=args.ais_steps,
+        num_chains=args.chains,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(curve)
+    label = f"{args.model} on {data.name}, {args.latent_dim}-D latent"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sandwich.json").write_text(curve.to_json())
+    figure = plots.plot_sandwich(curve, args.out / "sandwich.png", label)
+    print(f"wrote {args.out / 'sandwich.json'} and {figure}")
+    return {"data": data.name, "model": args.model, "guide": args.guide, **curve.to_dict()}
 
 
 def format_summary(results: list) -> str:
@@ -298,9 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument(
             "--reference",
-            choices=["none", "nuts"],
+            choices=["none", "nuts", "ais"],
             default="none",
-            help="nuts: add a NumPyro NUTS-based reference log p(x) row",
+            help="add a reference log p(x) row: ais (annealed importance sampling from the "
+            "guide, any latent dimension) or nuts (NumPyro NUTS-based); default none",
         )
         command.add_argument("--quiet", action="store_true", help="no progress bar")
         command.add_argument("--checkpoint", type=Path, help="write the training state here")
@@ -339,6 +377,44 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--quiet", action="store_true", help="no progress bars")
         command.add_argument("--json", type=Path, help="also write the results as JSON here")
         command.set_defaults(run=run)
+    sandwich = commands.add_parser(
+        "sandwich",
+        help="BDMC: lower and upper AIS estimates of log p(x) against the annealing steps "
+        "(table, JSON, plot)",
+    )
+    _add_data_options(sandwich, "binarized-digits")
+    sandwich.set_defaults(model="bernoulli-vae", latent_dim=16)
+    sandwich.add_argument("--model", help="a model (see `lvm list`; default bernoulli-vae)")
+    sandwich.add_argument("--guide", default="amortized-gaussian", help="a guide")
+    sandwich.add_argument(
+        "--steps", type=_integer_at_least(0), default=500, help="SVI steps first (default 500)"
+    )
+    sandwich.add_argument("--batch-size", type=_integer_at_least(1), default=256)
+    sandwich.add_argument("--lr", type=float, default=1e-2, help="SVI learning rate")
+    sandwich.add_argument(
+        "--ais-steps",
+        type=_integer_at_least(1),
+        nargs="+",
+        default=[10, 100, 1000],
+        help="annealing steps T, one sandwich each (default 10 100 1000)",
+    )
+    sandwich.add_argument(
+        "--chains", type=_integer_at_least(1), default=16, help="chains per point (default 16)"
+    )
+    sandwich.add_argument(
+        "--eval-points",
+        type=_integer_at_least(1),
+        default=32,
+        help="data points simulated from the model (default 32)",
+    )
+    sandwich.add_argument(
+        "--from-prior", action="store_true", help="anneal from the prior, not the trained guide"
+    )
+    sandwich.add_argument(
+        "--out", type=Path, default=Path("results/sandwich"), help="output folder"
+    )
+    sandwich.add_argument("--quiet", action="store_true", help="no progress bars")
+    sandwich.set_defaults(run=_sandwich)
     listing = commands.add_parser("list", help="name the built-in data sets, models and guides")
     listing.add_argument("--json", type=Path, help="also write the lists as JSON to this file")
     listing.set_defaults(run=_list)

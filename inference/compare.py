@@ -10,10 +10,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 from inference._validate import check_positive_int
+from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
 from inference.bounds import ImportanceEstimate, elbo, iw_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
 
-REFERENCES = (None, "nuts")
+REFERENCES = (None, "nuts", "ais")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class Comparison:
     exact_note: str = ""
 
     def row(self, estimator: str, num_samples: int | None = None) -> ComparisonRow:
-        """The row of an estimator (``"elbo"``, ``"iw"`` with its K, ``"nuts"`` or ``"exact"``)."""
+        """The row of an estimator (``"elbo"``, ``"iw"`` with its K, ``"nuts"``, ``"ais"`` or
+        ``"exact"``)."""
         for row in self.rows:
             if row.estimator == estimator and (
                 num_samples is None or row.num_samples == num_samples
@@ -81,6 +83,8 @@ def compare(
     chunk_size: int | None = None,
     seed: int | None = None,
     reference: str | None = None,
+    ais_steps: int = AIS_STEPS,
+    ais_chains: int = AIS_CHAINS,
     dtype: torch.dtype | None = None,
 ) -> Comparison:
     """ELBO, IW_K for each K, and the exact log p(x) where it exists, averaged over points.
@@ -94,7 +98,10 @@ def compare(
 
     :param num_samples: the K values, each >= 1.
     :param exact: a precomputed exact log p(x) (N,); by default :func:`exact_log_marginal`.
-    :param reference: ``"nuts"`` adds a row ``"nuts"``, the reference log p(x) of
+    :param reference: ``"ais"`` adds a row ``"ais"``: annealed importance sampling from the
+        guide (:func:`inference.ais_log_marginal`, ``ais_steps`` steps, ``ais_chains``
+        chains), the reference for latents of any dimension where no exact value exists;
+        ``"nuts"`` adds a row ``"nuts"``, the reference log p(x) of
         :func:`inference.numpyro_backend.nuts_log_marginal` (built-in models with a
         continuous latent); None (default) adds none.
     :param dtype: torch.float32 or torch.float64 for the ELBO and IW rows (see :func:`elbo`).
@@ -136,6 +143,11 @@ def compare(
         from inference.numpyro_backend import nuts_log_marginal
 
         rows.append(_importance_row("nuts", nuts_log_marginal(model, x, seed=seed or 0)))
+    if reference == "ais":
+        estimate = ais_log_marginal(
+            model, guide, x, num_steps=ais_steps, num_chains=ais_chains, seed=seed
+        )
+        rows.append(_importance_row("ais", estimate))
     note = ""
     try:
         exact = exact_log_marginal(model, x) if exact is None else exact

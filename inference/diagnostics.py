@@ -26,6 +26,7 @@ from inference._programs import (
     vectorized_traces,
 )
 from inference._validate import check_data, check_positive_int
+from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): Cov_x(E_q[z_i]) above this is active
@@ -44,7 +45,11 @@ class Diagnosis:
     :ivar mutual_info: estimate of I_q(x; z) under the aggregate posterior (<= rate), clamped
         at 0.
     :ivar exact: mean exact log p(x), or None where no exact route exists.
-    :ivar gap: exact - elbo = mean KL(q(z given x) || p(z given x)), or None.
+    :ivar gap: reference - elbo = mean KL(q(z given x) || p(z given x)), or None.
+    :ivar reference: what ``gap`` is measured from: ``"exact"``, ``"ais"`` (an annealed
+        importance sampling estimate, asked for with ``reference="ais"`` where no exact
+        value exists: a stochastic lower bound, so the gap is too), or None.
+    :ivar reference_value: the mean log p(x) of that reference, or None.
     :ivar latent_ignored: rate < ``rate_threshold``.
     :ivar rate_is_analytic: whether the rate used closed-form KLs.
     """
@@ -60,6 +65,8 @@ class Diagnosis:
     latent_ignored: bool
     rate_threshold: float
     rate_is_analytic: bool
+    reference: str | None = None
+    reference_value: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +81,9 @@ def diagnose(
     rate_threshold: float = RATE_THRESHOLD,
     exact: torch.Tensor | None = None,
     with_exact: bool = True,
+    reference: str | None = None,
+    ais_steps: int = AIS_STEPS,
+    ais_chains: int = AIS_CHAINS,
     seed: int | None = None,
 ) -> Diagnosis:
     """Rate, distortion, active units, I_q(x; z) and the verdict ``latent_ignored``.
@@ -92,10 +102,15 @@ def diagnose(
     :param exact: a precomputed exact log p(x) (N,); by default :func:`exact_log_marginal`
         where it has a route.
     :param with_exact: False skips the exact value (and the gap), e.g. to spare a quadrature.
+    :param reference: ``"ais"``: where no exact value exists, measure the gap from
+        :func:`inference.ais_log_marginal` (``ais_steps`` steps, ``ais_chains`` chains from
+        the guide); None (default): the exact value only.
     :returns: a :class:`Diagnosis` in nats per data point.
     """
     check_data(x)
     check_positive_int("num_particles", num_particles)
+    if reference not in (None, "ais"):
+        raise ValueError(f"reference must be None or 'ais'; got {reference!r}")
     if not rate_threshold > 0:
         raise ValueError(f"rate_threshold must be > 0; got {rate_threshold!r}")
     with torch.no_grad(), seeded(seed):
@@ -117,6 +132,14 @@ def diagnose(
                 (exact_log_marginal(model, x) if exact is None else exact).double().mean().item()
             )
     elbo_value = (log_likelihood + log_prior_ratio).mean().item()
+    reference_name, reference_value = (
+        ("exact", exact_mean) if exact_mean is not None else (None, None)
+    )
+    if reference_value is None and reference == "ais":
+        estimate = ais_log_marginal(
+            model, guide, x, num_steps=ais_steps, num_chains=ais_chains, seed=seed
+        )
+        reference_name, reference_value = "ais", estimate.mean
     active = (
         int((means.var(0, unbiased=False) > ACTIVE_UNIT_THRESHOLD).sum()) if means.numel() else 0
     )
@@ -128,10 +151,12 @@ def diagnose(
         latent_dims=means.shape[-1],
         mutual_info=mutual_info,
         exact=exact_mean,
-        gap=None if exact_mean is None else exact_mean - elbo_value,
+        gap=None if reference_value is None else reference_value - elbo_value,
         latent_ignored=rate < rate_threshold,
         rate_threshold=rate_threshold,
         rate_is_analytic=analytic,
+        reference=reference_name,
+        reference_value=reference_value,
     )
 
 

@@ -1,4 +1,5 @@
-"""Figures of the collapse experiments and beta sweeps, as PNG files (matplotlib, no display)."""
+"""Figures of the collapse experiments, beta sweeps and BDMC sandwiches, as PNG files
+(matplotlib, no display)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from inference.experiments import REFERENCE_LABELS, ExperimentResult  # noqa: E402
 from inference.frontier import RateDistortion  # noqa: E402
+from inference.sandwich import SandwichCurve  # noqa: E402
 
 _COLUMNS = 3
 
@@ -173,3 +175,32 @@ def plot_log_px_against_rate(tables: dict[str, RateDistortion], path: Path) -> P
     ax.set_ylabel("nats per data point")
     ax.legend(fontsize=7)
     return _save(figure, path, "What forcing the latent costs in log p(x)")
+
+
+def plot_sandwich(curve: SandwichCurve, path: Path, label: str) -> Path:
+    """Forward (lower) and reverse (upper) AIS against the annealing steps, 2 s.e. bars, and
+    the exact log p(x) where known."""
+    figure, ax = plt.subplots(figsize=(6.5, 4.5))
+    steps = [row.num_steps for row in curve.rows]
+    for name, values, errors, marker in (
+        ("upper: reverse AIS from exact posterior draws", "upper", "upper_stderr", "v-"),
+        ("lower: forward AIS", "lower", "lower_stderr", "^-"),
+    ):
+        ax.errorbar(
+            steps,
+            [getattr(row, values) for row in curve.rows],
+            yerr=[2 * _finite(getattr(row, errors)) for row in curve.rows],
+            fmt=marker,
+            capsize=3,
+            label=name,
+        )
+    if curve.exact is not None:
+        ax.axhline(curve.exact, color="black", linestyle=":", label="exact log p(x)")
+    ax.set_xscale("log")
+    ax.set_xlabel("annealing steps T")
+    ax.set_ylabel("log p(x), nats per point (simulated data)")
+    ax.legend(fontsize=8)
+    last = curve.rows[-1]
+    return _save(
+        figure, path, f"BDMC sandwich, {label}: width {last.width:.3f} nats at T={last.num_steps}"
+    )

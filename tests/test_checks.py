@@ -61,3 +61,94 @@ def test_strategies_import_without_hypothesis():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "needs hypothesis"
+
+
+# --- No false alarms where the old oracle or a zero sample variance misled check_bounds ---
+
+
+def _far_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+        pyro.sample("x", dist.Normal(z, 0.5), obs=x[:, 0])
+
+
+def _far_exact_posterior(x):  # z given x ~ N(x / 1.25, 0.25 / 1.25)
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x[:, 0] / 1.25, (0.25 / 1.25) ** 0.5))
+
+
+def test_check_bounds_passes_the_exact_posterior_of_a_posterior_far_from_the_prior():
+    x = torch.tensor([[20.0], [-12.0], [0.5]], dtype=torch.float64)
+    report = check_bounds(_far_model, _far_exact_posterior, x, num_samples=(1, 10))
+    assert "tight where the weights have zero variance" in report.checks
+    torch.testing.assert_close(
+        report.exact, dist.Normal(0.0, 1.25**0.5).log_prob(x[:, 0]), rtol=0, atol=1e-6
+    )
+
+
+def _two_mode_model(x):  # x ~ N((z0^2, z1), 0.1^2 I): two modes at z0 = +-sqrt(x0)
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
+        loc = torch.stack([z[..., 0] ** 2, z[..., 1]], dim=-1)
+        pyro.sample("x", dist.Normal(loc, 0.1).to_event(1), obs=x)
+
+
+def _broad_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(torch.zeros(2, dtype=torch.float64), 1.5).to_event(1))
+
+
+def test_check_bounds_passes_a_broad_proposal_on_a_two_mode_posterior():
+    x = torch.tensor([[1.0, 0.3], [2.0, -1.0]], dtype=torch.float64)
+    check_bounds(_two_mode_model, _broad_guide, x, num_samples=(1, 1000), particles_per_row=4000)
+
+
+def _mixture_and_posterior():
+    from lvm_models import GaussianMixture
+
+    mixture = GaussianMixture.from_params(
+        torch.tensor([0.5, 0.0, -0.5], dtype=torch.float64),
+        torch.tensor([[-4.0, 0.0], [0.0, 3.0], [4.0, 0.0]], dtype=torch.float64),
+        torch.full((3, 2), 0.8, dtype=torch.float64),
+    )
+
+    def posterior_probs(x):
+        components = dist.Normal(mixture.means, mixture.scales).to_event(1)
+        log_joint = torch.log_softmax(mixture.logits, -1) + components.log_prob(x.unsqueeze(-2))
+        return torch.softmax(log_joint, -1)  # (N, K)
+
+    return mixture, posterior_probs
+
+
+def _categorical_guide(probs_of, power: float = 1.0, log_prob_shift: float = 0.0):
+    """q(z given x) proportional to p(z given x)^power; log_prob_shift breaks its density."""
+
+    class Shifted(dist.Categorical):
+        def log_prob(self, value):
+            return super().log_prob(value) + log_prob_shift
+
+    def guide(x):
+        probs = probs_of(x) ** power
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", Shifted(probs / probs.sum(-1, keepdim=True)))
+
+    return guide
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_check_bounds_passes_a_confident_correct_mixture_guide_on_every_seed(seed):
+    mixture, posterior = _mixture_and_posterior()
+    x = mixture.sample(12)
+    for power in (1.0, 0.8):  # the exact posterior, and a flatter but confident one
+        check_bounds(
+            mixture, _categorical_guide(posterior, power), x, num_samples=(1, 10), seed=seed
+        )
+
+
+def test_check_bounds_still_fails_a_mixture_guide_whose_density_is_wrong():
+    mixture, posterior = _mixture_and_posterior()
+    x = mixture.sample(12)
+    with pytest.raises(AssertionError, match=r"<= log p\(x\)"):
+        check_bounds(
+            mixture, _categorical_guide(posterior, log_prob_shift=-0.05), x, num_samples=(1, 10)
+        )

@@ -83,3 +83,60 @@ def test_every_subcommand_has_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: lvm {command}" in capsys.readouterr().out
+
+
+def test_sandwich_writes_a_table_json_and_plot_with_the_exact_value(tmp_path, capsys):
+    out = tmp_path / "sandwich"
+    code = main(
+        [
+            "sandwich",
+            "--data",
+            "correlated-gaussian",
+            "--model",
+            "factor-analysis",
+            "--latent-dim",
+            "2",
+            "--steps",
+            "30",
+            "--ais-steps",
+            "3",
+            "30",
+            "--chains",
+            "4",
+            "--eval-points",
+            "6",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "sandwich.json").read_text())
+    assert [row["num_steps"] for row in report["rows"]] == [3, 30]
+    assert report["exact"] is not None  # factor analysis: the closed form of the simulated data
+    assert (out / "sandwich.png").stat().st_size > 0
+    assert "upper" in capsys.readouterr().out
+
+
+def test_compare_with_ais_reference_adds_an_ais_row(tmp_path):
+    out = tmp_path / "compare.json"
+    code = main(
+        [
+            "compare",
+            "--steps",
+            "20",
+            "--eval-points",
+            "10",
+            "--num-samples",
+            "1",
+            "10",
+            "--reference",
+            "ais",
+            "--quiet",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    estimators = [row["estimator"] for row in json.loads(out.read_text())["comparison"]["rows"]]
+    assert estimators == ["elbo", "iw", "iw", "ais", "exact"]

@@ -1,0 +1,209 @@
+"""The continuous latent sites of a model as one unconstrained vector per data point.
+
+Quadrature (``exact.py``) and annealed importance sampling (``ais.py``) both move in the
+space of u = T^{-1}(z), T = ``biject_to(support)`` of each latent site, with the sites of a
+data point concatenated into one vector of dimension d. :class:`LatentSpace` maps between u
+(M, N, d) -- M evaluation points (grid nodes, chains) for each of N data points -- and site
+values laid out on the model's plates, and evaluates log-densities there, vectorised over M
+by one extra plate as every other estimator is. :func:`enumerated_log_density` sums the
+discrete latents with finite support out of a program's density instead.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pyro.poutine as poutine
+import torch
+from pyro.infer import config_enumerate
+from pyro.ops.contract import contract_to_tensor
+from pyro.ops.packed import unpack
+from pyro.poutine.trace_struct import Trace
+from torch.distributions import Transform, biject_to
+
+from inference._programs import (
+    DATA_PLATE,
+    PARTICLE_PLATE,
+    ProgramInfo,
+    is_auxiliary,
+    log_density_per_point,
+    particle_plate,
+    per_point_sum,
+    sample_sites,
+    trace_program,
+)
+
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """Named continuous latent sites, each inside the data plate and no other plate.
+
+    :ivar sites: the site names, in the order their coordinates appear in u.
+    :ivar event_shapes: each site's event shape (its coordinates per data point).
+    :ivar transforms: T per site, from unconstrained u to the site's support.
+    """
+
+    info: ProgramInfo
+    sites: tuple[str, ...]
+    event_shapes: tuple[torch.Size, ...]
+    transforms: tuple[Transform, ...]
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, trace: Trace, info: ProgramInfo, sites: Sequence[str]) -> LatentSpace:
+        """The space of ``sites`` as a model trace run on all N points shows them.
+
+        :raises ValueError: when a site is discrete or lies in a plate besides the data plate.
+        """
+        nodes = [trace.nodes[name] for name in sites]
+        for site in nodes:
+            if site["fn"].support.is_discrete:
+                raise ValueError(f"latent site '{site['name']}' is discrete")
+            if site["fn"].batch_shape.numel() != info.num_data:
+                raise ValueError(
+                    f"latent site '{site['name']}' has batch shape "
+                    f"{tuple(site['fn'].batch_shape)}: it lies in plates besides the data plate "
+                    f"(one value per data point is needed, {info.num_data} in all)"
+                )
+        return cls(
+            info,
+            tuple(sites),
+            tuple(site["fn"].event_shape for site in nodes),
+            tuple(biject_to(site["fn"].support) for site in nodes),
+            nodes[0]["value"].dtype,
+        )
+
+    @property
+    def dim(self) -> int:
+        return sum(shape.numel() for shape in self.event_shapes)
+
+    def subset(self, num_data: int) -> LatentSpace:
+        """The same space for a batch of ``num_data`` points."""
+        info = ProgramInfo(
+            num_data,
+            self.info.max_plate_nesting,
+            self.info.data_dim,
+            self.info.latent_sites,
+            self.info.observed_sites,
+        )
+        return LatentSpace(info, self.sites, self.event_shapes, self.transforms, self.dtype)
+
+    def constrain(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """u (M, N, d) -> site values on the plates, and log |det dz/du| summed per (M, N)."""
+        values, log_jacobian = {}, torch.zeros(u.shape[:2], dtype=u.dtype, device=u.device)
+        for name, transform, shape, part in zip(
+            self.sites, self.transforms, self.event_shapes, self._split(u)
+        ):
+            site_u = self._on_plates(part, shape)
+            values[name] = transform(site_u)
+            log_det = transform.log_abs_det_jacobian(site_u, values[name])
+            log_jacobian = log_jacobian + self._per_point(self._sum_event(log_det)).sum(-1)
+        return values, log_jacobian
+
+    def unconstrain(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Site values (M, 1.., N, 1.., *event) -> u (M, N, d): the inverse of ``constrain``."""
+        parts = [
+            self._per_point(transform.inv(values[name]))
+            for name, transform in zip(self.sites, self.transforms)
+        ]
+        return torch.cat(parts, dim=-1)
+
+    def flat_values(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Site values (M, 1.., N, 1.., *event) -> z (M, N, d) in constrained coordinates."""
+        return torch.cat([self._per_point(values[name]) for name in self.sites], dim=-1)
+
+    def _split(self, u: torch.Tensor) -> list[torch.Tensor]:
+        return list(u.split([shape.numel() for shape in self.event_shapes], dim=-1))
+
+    def _on_plates(self, flat: torch.Tensor, event_shape: torch.Size) -> torch.Tensor:
+        """(M, N, e) -> (M, 1.., N, 1.., *event_shape) laid out on the model's plates."""
+        batch = [1] * self.info.max_plate_nesting
+        batch[self.info.max_plate_nesting + self.info.data_dim] = self.info.num_data
+        return flat.reshape(flat.shape[0], *batch, *event_shape)
+
+    def _per_point(self, value: torch.Tensor) -> torch.Tensor:
+        """(M, 1.., N, 1.., *rest) -> (M, N, prod(rest))."""
+        return value.reshape(value.shape[0], self.info.num_data, -1)
+
+    def _sum_event(self, log_det: torch.Tensor) -> torch.Tensor:
+        """Sum a site's log |det dz/du| over its event dims, keeping (M, 1.., N, 1..)."""
+        batch_rank = 1 + self.info.max_plate_nesting
+        if log_det.dim() > batch_rank:
+            log_det = log_det.sum(list(range(batch_rank, log_det.dim())))
+        return log_det
+
+
+def model_log_densities(
+    model: Callable, x: torch.Tensor, space: LatentSpace, values: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(z) and log p(x given z) of the model at the latent ``values``: (M, N) each.
+
+    The model runs once under a plate of M particles, conditioned on ``values``; "log p(z)"
+    sums every latent sample site, "log p(x given z)" every observed one.
+    """
+    num_points = next(iter(values.values())).shape[0]
+    with particle_plate(num_points, space.info):
+        trace = trace_program(poutine.condition(model, data=values), x)
+    # Conditioning marks the latent sites observed: the model's own split tells them apart.
+    latent = [n for n, _ in sample_sites(trace) if n in space.info.latent_sites]
+    observed = [n for n, _ in sample_sites(trace) if n not in space.info.latent_sites]
+    return (
+        log_density_per_point(trace, space.info, num_points, latent),
+        log_density_per_point(trace, space.info, num_points, observed),
+    )
+
+
+def guide_log_density(
+    guide: Callable, x: torch.Tensor, space: LatentSpace, values: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """log q(z given x) of the guide at the latent ``values``: (M, N)."""
+    num_points = next(iter(values.values())).shape[0]
+    with particle_plate(num_points, space.info):
+        trace = trace_program(poutine.condition(guide, data=values), x)
+    names = [n for n, s in sample_sites(trace) if not is_auxiliary(s)]
+    return log_density_per_point(trace, space.info, num_points, names)
+
+
+def enumerated_log_density(
+    program: Callable,
+    x: torch.Tensor,
+    info: ProgramInfo,
+    values: dict[str, torch.Tensor],
+    num_chains: int,
+) -> torch.Tensor:
+    """log of sum over the discrete sites of the program's density at the continuous
+    ``values``: (C, N).
+
+    The program runs once under a plate of C particles, conditioned on ``values``, with its
+    discrete sites enumerated in parallel left of the particle plate; tensor variable
+    elimination (``contract_to_tensor``) sums them out, keeping particles and data points.
+    """
+    conditioned = config_enumerate(poutine.condition(program, data=values), default="parallel")
+    enumerated = poutine.enum(conditioned, first_available_dim=info.particle_dim - 1)
+    with particle_plate(num_chains, info):
+        trace = trace_program(enumerated, x)
+    trace.compute_log_prob()
+    trace.pack_tensors()
+    plate_symbols = set(trace.plate_to_symbol.values())
+    log_factors: OrderedDict = OrderedDict()
+    sum_dims: set = set()
+    for _, site in sample_sites(trace):
+        if is_auxiliary(site):
+            continue
+        packed = site["packed"]
+        log_prob = packed.get("unscaled_log_prob", packed["log_prob"])
+        ordinal = frozenset(
+            trace.plate_to_symbol[frame.name]
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized
+        )
+        log_factors.setdefault(ordinal, []).append(log_prob)
+        sum_dims.update(set(log_prob._pyro_dims) - plate_symbols)
+    present = set().union(*(set(f._pyro_dims) for fs in log_factors.values() for f in fs))
+    # The particle plate has no dim of its own when every value is shared by the particles.
+    kept = frozenset(trace.plate_to_symbol[name] for name in (PARTICLE_PLATE, DATA_PLATE)) & present
+    log_density = contract_to_tensor(log_factors, sum_dims, target_ordinal=kept)
+    log_density = unpack(log_density, trace.symbol_to_dim)  # (C, 1.., N, 1..)
+    return per_point_sum(log_density, info, "enumerated density").expand(num_chains, info.num_data)
