@@ -188,7 +188,8 @@ def _sandwich(args: argparse.Namespace) -> dict:
         progress=not args.quiet,
     )
     print(curve)
-    label = f"{args.model} on {data.name}, {args.latent_dim}-D latent"
+    start_name = "the prior" if args.from_prior else "the trained guide"
+    label = f"{args.model} on {data.name}, {args.latent_dim}-D latent, from {start_name}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sandwich.json").write_text(curve.to_json())
     figure = plots.plot_sandwich(curve, args.out / "sandwich.png", label)
