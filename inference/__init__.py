@@ -7,11 +7,13 @@ observed from the trace.
 
 import importlib
 
+from inference._programs import VectorizationWarning
 from inference.ais import AISEstimate, BDMCResult, ais_log_marginal, bdmc
 from inference.bounds import Estimate, ImportanceEstimate, elbo, iw_log_marginal
 from inference.checks import BoundsReport, check_bounds
 from inference.compare import Comparison, ComparisonRow, compare
 from inference.diagnostics import Diagnosis, diagnose
+from inference.evidence import EvidenceEstimate, log_evidence
 from inference.exact import NoExactValueError, exact_log_marginal
 from inference.frontier import RateDistortion, rate_distortion
 from inference.train import FitResult, History, fit
@@ -56,11 +58,13 @@ __all__ = [
     "ComparisonRow",
     "Diagnosis",
     "Estimate",
+    "EvidenceEstimate",
     "FitResult",
     "History",
     "ImportanceEstimate",
     "NoExactValueError",
     "RateDistortion",
+    "VectorizationWarning",
     "ais_log_marginal",
     "bdmc",
     "check_bounds",
@@ -70,6 +74,7 @@ __all__ = [
     "exact_log_marginal",
     "fit",
     "iw_log_marginal",
+    "log_evidence",
     "rate_distortion",
     *_LAZY_NAMES,
 ]

@@ -12,8 +12,8 @@ discrete latents with finite support out of a program's density instead.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import pyro.poutine as poutine
 import torch
@@ -24,8 +24,8 @@ from pyro.poutine.trace_struct import Trace
 from torch.distributions import Transform, biject_to
 
 from inference._programs import (
-    DATA_PLATE,
     PARTICLE_PLATE,
+    Inputs,
     ProgramInfo,
     is_auxiliary,
     log_density_per_point,
@@ -81,13 +81,7 @@ class LatentSpace:
 
     def subset(self, num_data: int) -> LatentSpace:
         """The same space for a batch of ``num_data`` points."""
-        info = ProgramInfo(
-            num_data,
-            self.info.max_plate_nesting,
-            self.info.data_dim,
-            self.info.latent_sites,
-            self.info.observed_sites,
-        )
+        info = replace(self.info, num_data=num_data)
         return LatentSpace(info, self.sites, self.event_shapes, self.transforms, self.dtype)
 
     def constrain(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -136,34 +130,49 @@ class LatentSpace:
 
 
 def model_log_densities(
-    model: Callable, x: torch.Tensor, space: LatentSpace, values: dict[str, torch.Tensor]
+    model: Callable, inputs: Inputs | torch.Tensor, space: LatentSpace, values: dict
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(z) and log p(x given z) of the model at the latent ``values``: (M, N) each.
 
-    The model runs once under a plate of M particles, conditioned on ``values``; "log p(z)"
-    sums every latent sample site, "log p(x given z)" every observed one.
+    The model runs conditioned on ``values``, once under a plate of M particles (or once
+    per particle where ``space.info.vectorized`` is False); "log p(z)" sums every latent
+    sample site, "log p(x given z)" every observed one.
     """
-    num_points = next(iter(values.values())).shape[0]
-    with particle_plate(num_points, space.info):
-        trace = trace_program(poutine.condition(model, data=values), x)
-    # Conditioning marks the latent sites observed: the model's own split tells them apart.
-    latent = [n for n, _ in sample_sites(trace) if n in space.info.latent_sites]
-    observed = [n for n, _ in sample_sites(trace) if n not in space.info.latent_sites]
-    return (
-        log_density_per_point(trace, space.info, num_points, latent),
-        log_density_per_point(trace, space.info, num_points, observed),
-    )
+    latent, observed = [], []
+    for trace, count in _conditioned_runs(model, inputs, space, values):
+        # Conditioning marks the latent sites observed: the model's own split tells them apart.
+        names = [n for n, _ in sample_sites(trace)]
+        latent_names = [n for n in names if n in space.info.latent_sites]
+        observed_names = [n for n in names if n in space.info.observed_sites]
+        latent.append(log_density_per_point(trace, space.info, count, latent_names))
+        observed.append(log_density_per_point(trace, space.info, count, observed_names))
+    return torch.cat(latent), torch.cat(observed)
 
 
 def guide_log_density(
-    guide: Callable, x: torch.Tensor, space: LatentSpace, values: dict[str, torch.Tensor]
+    guide: Callable, inputs: Inputs | torch.Tensor, space: LatentSpace, values: dict
 ) -> torch.Tensor:
     """log q(z given x) of the guide at the latent ``values``: (M, N)."""
+    parts = []
+    for trace, count in _conditioned_runs(guide, inputs, space, values):
+        names = [n for n, s in sample_sites(trace) if not is_auxiliary(s)]
+        parts.append(log_density_per_point(trace, space.info, count, names))
+    return torch.cat(parts)
+
+
+def _conditioned_runs(
+    program: Callable, inputs: Inputs | torch.Tensor, space: LatentSpace, values: dict
+) -> Iterator[tuple[Trace, int]]:
+    """Traces of ``program`` conditioned on M particles of ``values``, with their counts."""
     num_points = next(iter(values.values())).shape[0]
-    with particle_plate(num_points, space.info):
-        trace = trace_program(poutine.condition(guide, data=values), x)
-    names = [n for n, s in sample_sites(trace) if not is_auxiliary(s)]
-    return log_density_per_point(trace, space.info, num_points, names)
+    conditioned = poutine.condition(program, data=values)
+    if space.info.vectorized:
+        with particle_plate(num_points, space.info):
+            yield trace_program(conditioned, inputs), num_points
+        return
+    for particle in range(num_points):
+        one = {name: value[particle] for name, value in values.items()}
+        yield trace_program(poutine.condition(program, data=one), inputs), 1
 
 
 def enumerated_log_density(
@@ -189,8 +198,8 @@ def enumerated_log_density(
     plate_symbols = set(trace.plate_to_symbol.values())
     log_factors: OrderedDict = OrderedDict()
     sum_dims: set = set()
-    for _, site in sample_sites(trace):
-        if is_auxiliary(site):
+    for name, site in sample_sites(trace):
+        if is_auxiliary(site) or name in info.given_sites:
             continue
         packed = site["packed"]
         log_prob = packed.get("unscaled_log_prob", packed["log_prob"])
@@ -203,7 +212,7 @@ def enumerated_log_density(
         sum_dims.update(set(log_prob._pyro_dims) - plate_symbols)
     present = set().union(*(set(f._pyro_dims) for fs in log_factors.values() for f in fs))
     # The particle plate has no dim of its own when every value is shared by the particles.
-    kept = frozenset(trace.plate_to_symbol[name] for name in (PARTICLE_PLATE, DATA_PLATE)) & present
+    kept = frozenset(trace.plate_to_symbol[n] for n in (PARTICLE_PLATE, info.data_plate)) & present
     log_density = contract_to_tensor(log_factors, sum_dims, target_ordinal=kept)
     log_density = unpack(log_density, trace.symbol_to_dim)  # (C, 1.., N, 1..)
     return per_point_sum(log_density, info, "enumerated density").expand(num_chains, info.num_data)

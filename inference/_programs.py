@@ -8,9 +8,10 @@ trace (``site["is_observed"]``), never by their names.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyro
 import pyro.poutine as poutine
@@ -19,8 +20,49 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
+from inference._validate import check_data
+
 DATA_PLATE = "data"
 PARTICLE_PLATE = "_lvm_particles"
+
+
+class Inputs:
+    """What a model and its guide are called with: ``fn(x, *args, **kwargs)``.
+
+    x has shape (N, ...): N data points. Extra arguments pass through unchanged (labels,
+    sizes, flags); a tensor among them whose leading dimension is N is per-point and goes
+    with x wherever the data points are subset (minibatches, batches of the oracle).
+    """
+
+    def __init__(self, x: torch.Tensor, args: tuple = (), kwargs: dict | None = None) -> None:
+        self.x, self.args, self.kwargs = x, tuple(args), dict(kwargs or {})
+
+    @classmethod
+    def of(cls, inputs: Inputs | torch.Tensor) -> Inputs:
+        return inputs if isinstance(inputs, Inputs) else cls(inputs)
+
+    @property
+    def num_data(self) -> int:
+        return self.x.shape[0]
+
+    def run(self, fn: Callable) -> object:
+        return fn(self.x, *self.args, **self.kwargs)
+
+    def subset(self, indices: torch.Tensor) -> Inputs:
+        """The same call on the data points ``indices`` (per-point arguments subset too)."""
+        return Inputs(
+            self.x[indices],
+            tuple(self._subset(a, indices) for a in self.args),
+            {k: self._subset(v, indices) for k, v in self.kwargs.items()},
+        )
+
+    def with_x(self, x: torch.Tensor) -> Inputs:
+        return Inputs(x, self.args, self.kwargs)
+
+    def _subset(self, value: object, indices: torch.Tensor) -> object:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == self.num_data:
+            return value[indices]
+        return value
 
 
 @dataclass(frozen=True)
@@ -29,7 +71,12 @@ class ProgramInfo:
 
     ``max_plate_nesting`` counts the plates of model and guide; vectorised particles go in
     one more plate to their left, at ``particle_dim``. ``data_dim`` is the (negative) dim of
-    the data plate.
+    the data plate, called ``data_plate``. ``global_sites`` are latent sites outside it;
+    ``given_sites`` observed sites outside it (globals fixed by ``poutine.condition``), which
+    per-point figures condition on rather than count. ``enumerable_sites``: latent sites
+    with enumerate support.
+    ``vectorized``: whether particles may share one run in a particle plate; False runs
+    them one at a time (see :func:`check_vectorization`).
     """
 
     num_data: int
@@ -37,6 +84,11 @@ class ProgramInfo:
     data_dim: int
     latent_sites: tuple[str, ...]
     observed_sites: tuple[str, ...]
+    data_plate: str = DATA_PLATE
+    global_sites: tuple[str, ...] = ()
+    vectorized: bool = True
+    given_sites: tuple[str, ...] = ()
+    enumerable_sites: tuple[str, ...] = ()
 
     @property
     def particle_dim(self) -> int:
@@ -56,85 +108,221 @@ def is_auxiliary(site: dict) -> bool:
     return bool(site["infer"].get("is_auxiliary", False))
 
 
-def trace_program(fn: Callable, x: torch.Tensor) -> Trace:
-    """One run of ``fn(x)`` with nothing blocked."""
-    return poutine.trace(fn).get_trace(x)
+def trace_program(fn: Callable, inputs: Inputs | torch.Tensor) -> Trace:
+    """One run of ``fn`` on ``inputs`` (or on x alone) with nothing blocked."""
+    return poutine.trace(Inputs.of(inputs).run).get_trace(fn)
 
 
-def inspect_program(model: Callable, x: torch.Tensor) -> ProgramInfo:
-    """Run the model once on ``x`` and check the plate convention.
+def inspect_program(
+    model: Callable, inputs: Inputs | torch.Tensor, data_plate: str | None = None
+) -> ProgramInfo:
+    """Run the model once and find its data plate and sites (see :func:`inspect_pair`)."""
+    inputs = Inputs.of(inputs)
+    return _program_info(inputs, trace_program(model, inputs), None, data_plate)
 
-    :raises ValueError: when the model has no vectorised ``"data"`` plate of size N, when a
-        sample site lies outside it, or when the model has no observed site.
+
+def inspect_pair(
+    model: Callable,
+    guide: Callable,
+    inputs: Inputs | torch.Tensor,
+    *,
+    data_plate: str | None = None,
+    vectorize: bool | None = None,
+    allow_global: bool = False,
+    allow_enumerated: bool = False,
+) -> ProgramInfo:
+    """Run the guide, the model replayed against it, and learn the layout from the traces.
+
+    The data plate is the vectorised plate around every observed site whose size is N, the
+    number of rows of x (a plate declared without a size takes it from its sites, as Pyro
+    does); ``data_plate`` names it where that is ambiguous. Then
+    :func:`check_guide_matches`, and :func:`check_vectorization` unless ``vectorize`` says.
+
+    ``allow_enumerated`` lets the guide leave out discrete model sites with enumerate
+    support, which a ``TraceEnum_ELBO`` sums out (training only).
+
+    :raises ValueError: naming what does not fit: no or several candidate data plates, a
+        latent site outside it (a global latent) unless ``allow_global``, a guide that does
+        not match the model.
     """
-    return _program_info(x, trace_program(model, x), None)
+    # Inspection draws from a forked RNG: it leaves the caller's random stream as it was.
+    with torch.random.fork_rng(devices=[]):
+        return _inspect_pair(
+            model, guide, Inputs.of(inputs), data_plate, vectorize, allow_global, allow_enumerated
+        )
 
 
-def inspect_pair(model: Callable, guide: Callable, x: torch.Tensor) -> ProgramInfo:
-    """:func:`inspect_program` on the model replayed against the guide (plates of both
-    counted), then :func:`check_guide_matches`."""
-    guide_trace = trace_program(guide, x)
-    # Checked first: replaying the guide carries its plate's size into the model's trace.
-    if any(sample_sites(guide_trace)):
-        _covering_data_frame(guide_trace, "guide", x)
-    try:
-        model_trace = trace_program(poutine.replay(model, trace=guide_trace), x)
-    except Exception:
-        # A guide that does not fit the model often breaks the model itself (a float where it
-        # indexes by a discrete latent, a missing plate): name the mismatch if there is one.
-        prior_trace = trace_program(model, x)
-        check_guide_matches(prior_trace, guide_trace, _program_info(x, prior_trace, guide_trace))
-        raise
-    info = _program_info(x, model_trace, guide_trace)
-    check_guide_matches(model_trace, guide_trace, info)
-    return info
+def _inspect_pair(
+    model: Callable,
+    guide: Callable,
+    inputs: Inputs,
+    data_plate: str | None,
+    vectorize: bool | None,
+    allow_global: bool,
+    allow_enumerated: bool,
+) -> ProgramInfo:
+    prior_trace = trace_program(model, inputs)
+    prior_info = _program_info(inputs, prior_trace, None, data_plate)
+    guide_trace = trace_program(guide, inputs)
+    # Checked before the replay, which would carry the guide's plate sizes into the model.
+    check_guide_matches(prior_trace, guide_trace, prior_info, allow_enumerated)
+    model_trace = trace_program(poutine.replay(model, trace=guide_trace), inputs)
+    info = _program_info(inputs, model_trace, guide_trace, prior_info.data_plate)
+    if info.global_sites and not allow_global:
+        raise ValueError(
+            f"latent site(s) {list(info.global_sites)} lie outside the data plate "
+            f"'{info.data_plate}': global latents have no per-point log p(x). Estimate the "
+            "evidence of the whole data set with inference.log_evidence, or fix them with "
+            "pyro.poutine.condition for per-point figures given the globals"
+        )
+    check_guide_matches(model_trace, guide_trace, info, allow_enumerated)
+    if vectorize is None:
+        vectorize = check_vectorization(model, guide, inputs, info)
+    return replace(info, vectorized=bool(vectorize))
 
 
-def _program_info(x: torch.Tensor, model_trace: Trace, guide_trace: Trace | None) -> ProgramInfo:
+def prepare_pair(
+    model: Callable,
+    guide: Callable,
+    x: object,
+    *,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    data_plate: str | None = None,
+    vectorize: bool | None = None,
+    allow_global: bool = False,
+) -> tuple[Inputs, ProgramInfo]:
+    """Check the data and the extra arguments at an estimator's boundary, then
+    :func:`inspect_pair`: the inputs to call the programs with, and their layout."""
+    inputs = checked_inputs(x, model_args, model_kwargs)
+    info = inspect_pair(
+        model,
+        guide,
+        inputs,
+        data_plate=data_plate,
+        vectorize=vectorize,
+        allow_global=allow_global,
+    )
+    return inputs, info
+
+
+def checked_inputs(
+    x: object, model_args: tuple = (), model_kwargs: dict | None = None, name: str = "x"
+) -> Inputs:
+    """x checked as data (N, ...), with the extra arguments the programs take after it."""
+    check_data(x, name)
+    if not isinstance(model_args, tuple):
+        raise TypeError(f"model_args must be a tuple; got {type(model_args).__name__}")
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be a dict; got {type(model_kwargs).__name__}")
+    return Inputs(x, model_args, model_kwargs)
+
+
+def _program_info(
+    inputs: Inputs, model_trace: Trace, guide_trace: Trace | None, data_plate: str | None
+) -> ProgramInfo:
     traces = [model_trace] if guide_trace is None else [model_trace, guide_trace]
-    data_frame = _covering_data_frame(model_trace, "model", x)
-    for name, site in sample_sites(model_trace):
-        if data_frame not in site["cond_indep_stack"]:
-            raise ValueError(
-                f"sample site '{name}' of the model lies outside pyro.plate('{DATA_PLATE}'); "
-                "per-point estimates need every latent and observed site inside it"
-            )
-    latent = tuple(n for n, s in sample_sites(model_trace) if not s["is_observed"])
     observed = tuple(n for n, s in sample_sites(model_trace) if s["is_observed"])
     if not observed:
         raise ValueError("the model has no observed site: call it with the data, model(x)")
+    frame = _data_frame(model_trace, "model", inputs.num_data, data_plate)
+    inside = {n for n, s in sample_sites(model_trace) if _in_frame(s, frame)}
+    # Observed sites outside the data plate (globals fixed by poutine.condition) are given,
+    # not data: per-point figures are conditional on them.
+    given = tuple(n for n in observed if n not in inside)
+    observed = tuple(n for n in observed if n in inside)
+    latent = tuple(n for n, s in sample_sites(model_trace) if not s["is_observed"])
     nesting = max(
-        -frame.dim
-        for trace in traces
-        for _, site in sample_sites(trace)
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
+        [
+            -f.dim
+            for trace in traces
+            for _, site in sample_sites(trace)
+            for f in site["cond_indep_stack"]
+            if f.vectorized
+        ]
+        + [1]
     )
-    return ProgramInfo(x.shape[0], nesting, data_frame.dim, latent, observed)
+    return ProgramInfo(
+        inputs.num_data,
+        nesting,
+        frame.dim,
+        latent,
+        observed,
+        frame.name,
+        tuple(n for n in latent if n not in inside),
+        given_sites=given,
+        enumerable_sites=tuple(
+            n for n in latent if model_trace.nodes[n]["fn"].has_enumerate_support
+        ),
+    )
 
 
-def _covering_data_frame(trace: Trace, role: str, x: torch.Tensor):
-    """The data plate's frame, which must have one index per row of x."""
-    data_frame = _data_frame(trace, role)
-    if data_frame.size != x.shape[0]:
-        raise ValueError(
-            f"the {role}'s pyro.plate('{DATA_PLATE}') has size {data_frame.size} but x has "
-            f"{x.shape[0]} rows; the plate must cover every data point (no subsampling)"
-        )
-    return data_frame
+def _in_frame(site: dict, frame) -> bool:
+    return any(f.name == frame.name for f in site["cond_indep_stack"])
 
 
-def _data_frame(trace: Trace, role: str):
+def _frame_size(trace: Trace, frame) -> int:
+    """A plate's size; for a plate declared without one, the size its sites' values give it
+    (an observed value broadcasts against its distribution, so both count)."""
+    if frame.size is not None and frame.size > 0:
+        return frame.size
+    sizes = []
     for _, site in sample_sites(trace):
-        for frame in site["cond_indep_stack"]:
-            if frame.name == DATA_PLATE:
-                if not frame.vectorized:
-                    raise ValueError(f"the {role}'s pyro.plate('{DATA_PLATE}') must be vectorised")
-                return frame
-    raise ValueError(
-        f"the {role} has no pyro.plate('{DATA_PLATE}', N) around its sample sites; "
-        "the estimators need it to tell data points apart"
-    )
+        if not _in_frame(site, frame):
+            continue
+        event_dims = len(site["fn"].event_shape)
+        for shape in (
+            site["fn"].batch_shape,
+            site["value"].shape[: site["value"].dim() - event_dims],
+        ):
+            if len(shape) >= -frame.dim:
+                sizes.append(shape[frame.dim])
+    return max(sizes, default=1)
+
+
+def _data_frame(trace: Trace, role: str, num_data: int, data_plate: str | None):
+    """The data plate of a trace: the one named, or the vectorised plate of size N around
+    every observed site."""
+    frames = {f.name: f for _, site in sample_sites(trace) for f in site["cond_indep_stack"]}
+    described = ", ".join(f"'{n}' (size {_frame_size(trace, f)})" for n, f in frames.items())
+    if data_plate is not None:
+        if data_plate not in frames:
+            raise ValueError(
+                f"data_plate={data_plate!r}: the {role} has no such plate around its sample "
+                f"sites; its plates: {described or 'none'}"
+            )
+        candidates = [frames[data_plate]]
+    else:
+        observed = [s for _, s in sample_sites(trace) if s["is_observed"]]
+        candidates = [
+            f
+            for f in frames.values()
+            if f.vectorized
+            and _frame_size(trace, f) == num_data
+            and any(_in_frame(site, f) for site in observed)
+        ]
+        if not candidates:
+            raise ValueError(
+                f"the {role} has no vectorised pyro.plate of size N={num_data} (the rows of x) "
+                f"around its observed sites; its plates: {described or 'none'}. Put them in a "
+                "plate over the data points, e.g. pyro.plate('data', N)"
+            )
+        if len(candidates) > 1:
+            names = [f.name for f in candidates]
+            raise ValueError(
+                f"the {role}'s plates {names} all have size N={num_data} and hold observed "
+                "sites: name the data plate with data_plate="
+            )
+    frame = candidates[0]
+    if not frame.vectorized:
+        raise ValueError(f"the {role}'s data plate '{frame.name}' must be vectorised")
+    size = _frame_size(trace, frame)
+    if size != num_data:
+        raise ValueError(
+            f"the {role}'s data plate '{frame.name}' has size {size} but x has {num_data} "
+            "rows; the plate must cover every data point (no subsampling)"
+        )
+    return frame
 
 
 def particle_plate(num_particles: int, info: ProgramInfo) -> pyro.plate:
@@ -173,10 +361,15 @@ def per_point_sum(batch_tensor: torch.Tensor, info: ProgramInfo, name: str) -> t
     return batch_tensor.reshape(batch_tensor.shape[0], batch_tensor.shape[data_index])
 
 
+def with_particle_dim(value: torch.Tensor, event_dims: int, info: ProgramInfo) -> torch.Tensor:
+    """Pad a site value's batch dims with 1s on the left to particles + every plate."""
+    batch_rank = value.dim() - event_dims
+    return value.reshape((1,) * (info.max_plate_nesting + 1 - batch_rank) + tuple(value.shape))
+
+
 def data_first(value: torch.Tensor, event_dims: int, info: ProgramInfo) -> torch.Tensor:
     """Pad a site value's batch dims to particles + every plate, then move data to dim 0."""
-    batch_rank = value.dim() - event_dims
-    value = value.reshape((1,) * (info.max_plate_nesting + 1 - batch_rank) + tuple(value.shape))
+    value = with_particle_dim(value, event_dims, info)
     return value.movedim(info.max_plate_nesting + 1 + info.data_dim, 0)
 
 
@@ -195,16 +388,24 @@ def log_density_per_point(
     return total.expand(num_particles, info.num_data)
 
 
-def check_guide_matches(model_trace: Trace, guide_trace: Trace, info: ProgramInfo) -> None:
-    """The guide must sample every latent site of the model and nothing else, in the same plate.
+def check_guide_matches(
+    model_trace: Trace, guide_trace: Trace, info: ProgramInfo, allow_enumerated: bool = False
+) -> None:
+    """The guide must sample every latent site of the model and nothing else, in the same plate
+    (with ``allow_enumerated``, discrete model sites with enumerate support may be left out).
 
     :raises ValueError: naming the site (or the plate) that does not match.
     """
     guide_sites = {n: s for n, s in sample_sites(guide_trace) if not is_auxiliary(s)}
-    missing = [n for n in info.latent_sites if n not in guide_sites]
+    model_sites = dict(sample_sites(model_trace))
+    missing = [
+        n
+        for n in info.latent_sites
+        if n not in guide_sites
+        and not (allow_enumerated and model_sites[n]["fn"].has_enumerate_support)
+    ]
     if missing:
         raise ValueError(f"the guide does not sample latent site(s) {missing} of the model")
-    model_sites = dict(sample_sites(model_trace))
     extra = [n for n in guide_sites if n not in model_sites]
     if extra:
         raise ValueError(
@@ -214,17 +415,25 @@ def check_guide_matches(model_trace: Trace, guide_trace: Trace, info: ProgramInf
     observed = [n for n in guide_sites if model_sites[n]["is_observed"]]
     if observed:
         raise ValueError(f"the guide samples site(s) {observed} that the model observes")
-    for name in info.latent_sites:
+    for name in (n for n in info.latent_sites if n in guide_sites):
         model_kind, guide_kind = _support_kind(model_sites[name]), _support_kind(guide_sites[name])
         if model_kind != guide_kind:
             raise ValueError(
                 f"latent site '{name}' is {model_kind} in the model but {guide_kind} in the guide"
             )
-    frame = _data_frame(guide_trace, "guide")
-    if frame.size != info.num_data or frame.dim != info.data_dim:
+    local = [n for n in guide_sites if n not in info.global_sites]
+    if not local:
+        return
+    frame = _data_frame(guide_trace, "guide", info.num_data, info.data_plate)
+    outside = [n for n in local if not _in_frame(guide_sites[n], frame)]
+    if outside:
         raise ValueError(
-            f"the guide's pyro.plate('{DATA_PLATE}') has size {frame.size} at dim {frame.dim}; "
-            f"the model's has size {info.num_data} at dim {info.data_dim}"
+            f"the guide samples local site(s) {outside} outside its data plate '{frame.name}'"
+        )
+    if frame.dim != info.data_dim:
+        raise ValueError(
+            f"the guide's data plate '{frame.name}' is at dim {frame.dim}; the model's is at "
+            f"dim {info.data_dim}"
         )
 
 
@@ -233,28 +442,126 @@ def _support_kind(site: dict) -> str:
 
 
 def vectorized_traces(
-    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, info: ProgramInfo
+    model: Callable,
+    guide: Callable,
+    inputs: Inputs | torch.Tensor,
+    num_particles: int,
+    info: ProgramInfo,
 ) -> tuple[Trace, Trace]:
     """The guide traced under a particle plate and the model replayed against it: (model, guide)."""
     with particle_plate(num_particles, info):
-        guide_trace = trace_program(guide, x)
-        model_trace = trace_program(poutine.replay(model, trace=guide_trace), x)
+        guide_trace = trace_program(guide, inputs)
+        model_trace = trace_program(poutine.replay(model, trace=guide_trace), inputs)
     return model_trace, guide_trace
 
 
+def particle_traces(
+    model: Callable,
+    guide: Callable,
+    inputs: Inputs | torch.Tensor,
+    num_particles: int,
+    info: ProgramInfo,
+) -> Iterator[tuple[Trace, Trace, int]]:
+    """Traces of ``num_particles`` draws, as (model trace, guide trace, particles in them).
+
+    One vectorised pair where ``info.vectorized``; otherwise one pair per particle, run
+    without any extra plate, as Pyro's ``vectorize_particles=False`` does: the programs see
+    the batch shapes they were written for. Either way :func:`per_point_sum` reads every
+    trace as (particles, N).
+    """
+    if info.vectorized:
+        yield (*vectorized_traces(model, guide, inputs, num_particles, info), num_particles)
+        return
+    for _ in range(num_particles):
+        guide_trace = trace_program(guide, inputs)
+        yield trace_program(poutine.replay(model, trace=guide_trace), inputs), guide_trace, 1
+
+
 def log_importance_weights(
-    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, info: ProgramInfo
+    model: Callable,
+    guide: Callable,
+    inputs: Inputs | torch.Tensor,
+    num_particles: int,
+    info: ProgramInfo,
 ) -> torch.Tensor:
-    """log w = log p(x, z) - log q(z given x) for z ~ q, vectorised: shape (K, N)."""
-    model_trace, guide_trace = vectorized_traces(model, guide, x, num_particles, info)
-    return log_weights_of_traces(model_trace, guide_trace, info, num_particles)
+    """log w = log p(x, z) - log q(z given x) for z ~ q: shape (K, N)."""
+    return torch.cat(
+        [
+            log_weights_of_traces(model_trace, guide_trace, info, count)
+            for model_trace, guide_trace, count in particle_traces(
+                model, guide, inputs, num_particles, info
+            )
+        ]
+    )
+
+
+def check_vectorization(
+    model: Callable, guide: Callable, inputs: Inputs, info: ProgramInfo
+) -> bool:
+    """Whether two particles in one vectorised run give the log weights of two separate runs.
+
+    A network that expects a plain (N, D) batch (``BatchNorm1d``, ``softmax(dim=1)``, a
+    ``torch.cat`` along dim 1) or an index written for one particle (``z[:, None]``) breaks or,
+    worse, mixes particles and data points when the particle plate adds a dim on the left.
+    The check replays each vectorised draw in a plain run and compares; on any difference or
+    error the estimators evaluate particles one at a time, and say so once (a warning).
+    """
+    reason = vectorization_problem(model, guide, inputs, info)
+    if reason is None:
+        return True
+    warnings.warn(f"evaluating particles one at a time (slower): {reason}", VectorizationWarning, 2)
+    return False
+
+
+class VectorizationWarning(UserWarning):
+    """The model or guide cannot take the extra particle dimension; particles run one by one."""
+
+
+def vectorization_problem(
+    model: Callable, guide: Callable, inputs: Inputs, info: ProgramInfo
+) -> str | None:
+    """Why particles cannot share one vectorised run (see :func:`check_vectorization`), or
+    None when they can."""
+    checked = replace(info, vectorized=True)
+    try:
+        with torch.no_grad():
+            model_trace, guide_trace = vectorized_traces(model, guide, inputs, 2, checked)
+            together = log_weights_of_traces(model_trace, guide_trace, checked, 2)
+    except Exception as error:  # any failure of the vectorised run means: run them apart
+        return f"the vectorised run fails ({type(error).__name__}: {str(error).splitlines()[0]})"
+    names = [n for n, _ in sample_sites(guide_trace)]  # auxiliary sites too: the same draw
+    for particle in range(2):
+        values = {n: _particle(guide_trace.nodes[n], particle, checked) for n in names}
+        with torch.no_grad():
+            apart_guide = trace_program(poutine.condition(guide, data=values), inputs)
+            apart_model = trace_program(poutine.condition(model, data=values), inputs)
+            apart = log_weights_of_traces(apart_model, apart_guide, checked, 1)[0]
+        scale = 1e-4 if apart.dtype == torch.float32 else 1e-8
+        if not torch.allclose(together[particle], apart, rtol=scale, atol=scale):
+            worst = int((together[particle] - apart).abs().argmax())
+            return (
+                f"a vectorised particle's log weight differs from the same draw run alone "
+                f"(point {worst}: {together[particle, worst].item():.6g} against "
+                f"{apart[worst].item():.6g}); the programs mix the particle dimension with the "
+                "data (a network that assumes a 2-D batch, or an index such as z[:, None])"
+            )
+    return None
+
+
+def _particle(site: dict, particle: int, info: ProgramInfo) -> torch.Tensor:
+    """A vectorised site's value for one particle, with the particle dim removed."""
+    value = site["value"]
+    position = value.dim() - len(site["fn"].event_shape) - (info.max_plate_nesting + 1)
+    if position < 0 or value.shape[position] == 1:
+        return value if position < 0 else value.select(position, 0)
+    return value.select(position, particle)
 
 
 def log_weights_of_traces(
     model_trace: Trace, guide_trace: Trace, info: ProgramInfo, num_particles: int
 ) -> torch.Tensor:
     """log p(x, z) - log q(z given x) of vectorised traces (:func:`vectorized_traces`): (K, N)."""
-    model_names = [n for n, _ in sample_sites(model_trace)]
+    model_names = [n for n, _ in sample_sites(model_trace) if n not in info.given_sites]
     guide_names = [n for n, s in sample_sites(guide_trace) if not is_auxiliary(s)]
     log_joint = log_density_per_point(model_trace, info, num_particles, model_names)
     log_weights = log_joint - log_density_per_point(guide_trace, info, num_particles, guide_names)
@@ -299,7 +606,7 @@ def computed_in(dtype: torch.dtype | None, *programs: Callable) -> Iterator[None
         return
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be None, torch.float32 or torch.float64; got {dtype!r}")
-    modules = list({id(p): p for p in programs if isinstance(p, torch.nn.Module)}.values())
+    modules = modules_of(*programs)
     originals = [_floating_dtype(module) for module in modules]
     for module in modules:
         module.to(dtype)
@@ -309,6 +616,37 @@ def computed_in(dtype: torch.dtype | None, *programs: Callable) -> Iterator[None
         for module, original in zip(modules, originals):
             if original is not None:
                 module.to(original)
+
+
+def modules_of(*programs: Callable) -> list[torch.nn.Module]:
+    """The ``torch.nn.Module`` s behind model and guide: a program that is one, the object of
+    a bound method that is one, or the modules held as attributes of a bound method's plain
+    object (the pattern of Pyro's examples: ``model`` and ``guide`` methods of one class)."""
+    found: dict[int, torch.nn.Module] = {}
+    for program in programs:
+        owner = getattr(program, "__self__", program)
+        if isinstance(owner, torch.nn.Module):
+            found[id(owner)] = owner
+        elif hasattr(owner, "__dict__"):
+            for value in vars(owner).values():
+                if isinstance(value, torch.nn.Module):
+                    found[id(value)] = value
+    return list(found.values())
+
+
+@contextmanager
+def evaluation_mode(*programs: Callable) -> Iterator[None]:
+    """Run the block with the programs' modules in eval mode, restoring each submodule's own
+    mode after: an estimate must not move BatchNorm's running statistics, nor see dropout."""
+    modules = [m for module in modules_of(*programs) for m in module.modules()]
+    training = [m.training for m in modules]
+    for module in modules:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, training):
+            module.training = mode
 
 
 def _floating_dtype(module: torch.nn.Module) -> torch.dtype | None:

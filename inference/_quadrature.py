@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from inference._latent import LatentSpace, model_log_densities
-from inference._programs import ProgramInfo, particle_plate, trace_program
+from inference._programs import Inputs, ProgramInfo, particle_plate, trace_program
 from lvm_models import NoExactValueError
 
 _PRIOR_DRAWS = 512  # prior draws that place the prior's box
@@ -56,15 +56,16 @@ _ROUNDING_ULPS = 64
 
 
 def certified_quadrature(
-    model: Callable, x: torch.Tensor, info: ProgramInfo, space: LatentSpace
+    model: Callable, inputs: Inputs, info: ProgramInfo, space: LatentSpace
 ) -> torch.Tensor:
     """log p(x) per point (N,) to within about 1e-6 nats (or the round-off of the model's
     dtype), summed in float64 and returned in the model's dtype; or
     :class:`NoExactValueError`."""
-    integrand = _Integrand(model, x, space)
-    log_marginal = torch.empty(info.num_data, dtype=torch.float64, device=x.device)
+    integrand = _Integrand(model, inputs, space)
+    device = inputs.x.device
+    log_marginal = torch.empty(info.num_data, dtype=torch.float64, device=device)
     prior_box = integrand.prior_box()
-    pending = torch.arange(info.num_data, device=x.device)
+    pending = torch.arange(info.num_data, device=device)
     extra_starts: torch.Tensor | None = None
     for _ in range(_MAX_ROUNDS):
         part = integrand.subset(pending)
@@ -224,8 +225,8 @@ class _GridBox:
 class _Integrand:
     """log p(x, z(u)) + log |det dz/du| of a model at u (M, N, d), per (M, N)."""
 
-    def __init__(self, model: Callable, x: torch.Tensor, space: LatentSpace):
-        self.model, self.x, self.space = model, x, space
+    def __init__(self, model: Callable, inputs: Inputs, space: LatentSpace):
+        self.model, self.inputs, self.space = model, inputs, space
 
     @property
     def dim(self) -> int:
@@ -234,20 +235,22 @@ class _Integrand:
     @property
     def dtype(self) -> torch.dtype:
         """Grids and sums run in the wider of the latent's and the data's dtypes."""
-        return torch.promote_types(self.space.dtype, self.x.dtype)
+        return torch.promote_types(self.space.dtype, self.inputs.x.dtype)
 
     def subset(self, indices: torch.Tensor) -> _Integrand:
-        if indices.numel() == self.x.shape[0]:
+        if indices.numel() == self.inputs.num_data:
             return self
-        return _Integrand(self.model, self.x[indices], self.space.subset(indices.numel()))
+        return _Integrand(
+            self.model, self.inputs.subset(indices), self.space.subset(indices.numel())
+        )
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
-        chunk = max(1, _EVALS_PER_CHUNK // self.x.shape[0])
+        chunk = max(1, _EVALS_PER_CHUNK // self.inputs.num_data)
         return torch.cat([self._evaluate(part) for part in u.split(chunk)], dim=0)
 
     def _evaluate(self, u: torch.Tensor) -> torch.Tensor:
         values, log_jacobian = self.space.constrain(u)
-        log_prior, log_likelihood = model_log_densities(self.model, self.x, self.space, values)
+        log_prior, log_likelihood = model_log_densities(self.model, self.inputs, self.space, values)
         log_joint = log_prior + log_likelihood + log_jacobian
         return torch.nan_to_num(log_joint, nan=-math.inf)
 
@@ -270,7 +273,7 @@ class _Integrand:
     def prior_box(self) -> _Box:
         """A box (N, d) holding the prior's mass: prior draws' mean +- 12 sd, in u."""
         with particle_plate(_PRIOR_DRAWS, self.space.info):
-            trace = trace_program(self.model, self.x)
+            trace = trace_program(self.model, self.inputs)
         u = self.space.unconstrain({n: trace.nodes[n]["value"] for n in self.space.sites})
         center = u.mean(0)
         half_width = _PRIOR_BOX_SDS * u.std(0).clamp_min(1e-3)
@@ -332,7 +335,7 @@ def _starts(integrand: _Integrand, coarse: _CoarseGrid, extra: torch.Tensor | No
     """Newton starts (S, N, d): prior draws, the best nodes of a coarse grid over the prior's
     box, and any ``extra`` starts (modes of earlier rounds, nodes of missed mass)."""
     with particle_plate(_PRIOR_STARTS, integrand.space.info):
-        trace = trace_program(integrand.model, integrand.x)
+        trace = trace_program(integrand.model, integrand.inputs)
     space = integrand.space
     prior = space.unconstrain({n: trace.nodes[n]["value"] for n in space.sites})
     parts = [prior.to(integrand.dtype), coarse.local_maxima(_GRID_STARTS)]

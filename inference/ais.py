@@ -39,7 +39,10 @@ from inference._latent import (
     model_log_densities,
 )
 from inference._programs import (
+    Inputs,
     ProgramInfo,
+    checked_inputs,
+    evaluation_mode,
     inspect_pair,
     is_auxiliary,
     particle_plate,
@@ -126,6 +129,10 @@ def ais_log_marginal(
     target_accept: float = 0.65,
     num_warmup_steps: int | None = None,
     progress: bool = False,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    data_plate: str | None = None,
+    vectorize: bool | None = None,
 ) -> AISEstimate:
     """Annealed importance sampling estimate of log p(x) per point: log (1/C) sum_c w_c.
 
@@ -180,8 +187,10 @@ def ais_log_marginal(
     settings = _check_options(
         x, num_steps, num_chains, num_leapfrog, target_accept, num_warmup_steps
     )
-    with torch.no_grad(), seeded(seed):
-        path = _AnnealingPath(model, guide, x)
+    with torch.no_grad(), seeded(seed), evaluation_mode(model, guide):
+        program = dict(data_plate=data_plate, vectorize=vectorize)
+        inputs = checked_inputs(x, model_args, model_kwargs)
+        path = _AnnealingPath(model, guide, inputs, program)
         if path.space is None:
             return _enumerated_estimate(path, settings, reverse=False)
         total = settings.num_warmup + num_steps
@@ -206,6 +215,10 @@ def bdmc(
     num_warmup_steps: int | None = None,
     num_posterior_transitions: int = 10,
     progress: bool = False,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    data_plate: str | None = None,
+    vectorize: bool | None = None,
 ) -> BDMCResult:
     """Bidirectional Monte Carlo: forward and reverse AIS sandwich log p(x) per point.
 
@@ -255,11 +268,15 @@ def bdmc(
     if not simulate:
         check_positive_int("num_posterior_transitions", num_posterior_transitions)
     note = "" if simulate else _NOT_CERTIFIED
-    with torch.no_grad(), seeded(seed):
+    with torch.no_grad(), seeded(seed), evaluation_mode(model, guide):
         latents: dict[str, torch.Tensor] = {}
+        inputs = checked_inputs(x, model_args, model_kwargs)
         if simulate:
-            x, latents = _simulate(model, x)
-        path = _AnnealingPath(model, guide, x)
+            inputs, latents = _simulate(model, inputs)
+            x = inputs.x
+        path = _AnnealingPath(
+            model, guide, inputs, dict(data_plate=data_plate, vectorize=vectorize)
+        )
         if path.space is None:
             lower = _enumerated_estimate(path, settings, reverse=False)
             upper = _enumerated_estimate(path, settings, reverse=True)
@@ -350,13 +367,15 @@ class _AnnealingPath:
     ends. ``evaluations`` counts calls of :meth:`evaluate`.
     """
 
-    def __init__(self, model: Callable, guide: Callable | None, x: torch.Tensor) -> None:
-        self.model, self.x = model, x
+    def __init__(
+        self, model: Callable, guide: Callable | None, inputs: Inputs, program: dict
+    ) -> None:
+        self.model, self.inputs = model, inputs
         self.from_prior = guide is None
         self.guide = PriorGuide(model) if guide is None else guide
-        self.info = inspect_pair(model, self.guide, x)
-        _check_no_auxiliary_sites(trace_program(self.guide, x))
-        trace = trace_program(model, x)
+        self.info = inspect_pair(model, self.guide, inputs, **program)
+        _check_no_auxiliary_sites(trace_program(self.guide, inputs))
+        trace = trace_program(model, inputs)
         discrete = _enumerable_sites(trace, self.info)
         continuous = [name for name in self.info.latent_sites if name not in discrete]
         self.enumerated = bool(discrete)
@@ -365,11 +384,20 @@ class _AnnealingPath:
 
     def sample_start(self, num_chains: int) -> torch.Tensor:
         """u of C draws from q per point: (C, N, d)."""
-        with particle_plate(num_chains, self.info):
-            guide_trace = trace_program(self.guide, self.x)
-        return self.space.unconstrain(
-            {name: guide_trace.nodes[name]["value"] for name in self.space.sites}
-        )
+        if self.info.vectorized:
+            with particle_plate(num_chains, self.info):
+                guide_trace = trace_program(self.guide, self.inputs)
+            return self._unconstrained(guide_trace)
+        draws = [
+            self._unconstrained(trace_program(self.guide, self.inputs)) for _ in range(num_chains)
+        ]
+        return torch.cat(draws)
+
+    def _unconstrained(self, guide_trace: Trace) -> torch.Tensor:
+        values = {name: guide_trace.nodes[name]["value"] for name in self.space.sites}
+        if not self.info.vectorized:  # a plain run: give its values the particle dim
+            values = {name: value.unsqueeze(0) for name, value in values.items()}
+        return self.space.unconstrain(values)
 
     def evaluate(self, position: torch.Tensor) -> HMCState:
         """Both ends of the path and their gradients at u (C, N, d), by autograd."""
@@ -394,20 +422,20 @@ class _AnnealingPath:
 
     def log_marginal(self) -> torch.Tensor:
         """log p(x) by enumeration, for a model whose latents are all discrete: (N,)."""
-        return enumerated_log_density(self.model, self.x, self.info, {}, 1)[0]
+        return enumerated_log_density(self.model, self.inputs, self.info, {}, 1)[0]
 
     def _log_densities(self, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """log q(z given x) and log p(x, z), (C, N) each, discrete latents summed out."""
         if self.enumerated:
             num_chains = next(iter(values.values())).shape[0]
             return (
-                enumerated_log_density(self.guide, self.x, self.info, values, num_chains),
-                enumerated_log_density(self.model, self.x, self.info, values, num_chains),
+                enumerated_log_density(self.guide, self.inputs, self.info, values, num_chains),
+                enumerated_log_density(self.model, self.inputs, self.info, values, num_chains),
             )
-        log_prior, log_likelihood = model_log_densities(self.model, self.x, self.space, values)
+        log_prior, log_likelihood = model_log_densities(self.model, self.inputs, self.space, values)
         if self.from_prior:  # q = p(z): one run of the model gives both ends
             return log_prior, log_prior + log_likelihood
-        log_q = guide_log_density(self.guide, self.x, self.space, values)
+        log_q = guide_log_density(self.guide, self.inputs, self.space, values)
         return log_q, log_prior + log_likelihood
 
 
@@ -603,13 +631,15 @@ def _enumerated_estimate(path: _AnnealingPath, settings: _Settings, reverse: boo
     )
 
 
-def _simulate(model: Callable, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Data of x's shape drawn from the model, and the latent values that generated it.
+def _simulate(model: Callable, inputs: Inputs) -> tuple[Inputs, dict[str, torch.Tensor]]:
+    """Data of x's shape drawn from the model (with the other inputs as they are), and the
+    latent values that generated it.
 
     :raises ValueError: when the model has more than one observed site, or its value has
         another number of elements than x.
     """
-    trace = trace_program(poutine.uncondition(model), x)
+    x = inputs.x
+    trace = trace_program(poutine.uncondition(model), inputs)
     observed = [n for n, s in sample_sites(trace) if s["infer"].get("was_observed", False)]
     if len(observed) != 1:
         raise ValueError(
@@ -627,4 +657,4 @@ def _simulate(model: Callable, x: torch.Tensor) -> tuple[torch.Tensor, dict[str,
         for name, site in sample_sites(trace)
         if not site["is_observed"] and name not in observed
     }
-    return value.reshape(x.shape).to(dtype=x.dtype, device=x.device), latents
+    return inputs.with_x(value.reshape(x.shape).to(dtype=x.dtype, device=x.device)), latents

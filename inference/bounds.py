@@ -17,18 +17,21 @@ from pyro.ops.stats import fit_generalized_pareto
 from tqdm.auto import tqdm
 
 from inference._programs import (
+    Inputs,
     ProgramInfo,
     computed_in,
-    inspect_pair,
+    evaluation_mode,
     log_importance_weights,
+    prepare_pair,
     seeded,
 )
-from inference._validate import check_data, check_positive_int
+from inference._validate import check_positive_int
 
 # Particles x data points evaluated at once when ``chunk_size`` is not given.
 _DEFAULT_CHUNK_BUDGET = 2**16
 _MIN_TAIL = 10  # PSIS needs at least this many tail weights to fit a Pareto shape
 _EQUAL_LOG_WEIGHTS = 1e-9  # log weights closer than this are equal up to rounding
+KHAT_THRESHOLD = 0.7  # PSIS: above it an importance-sampling estimate is unreliable
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,13 @@ class ImportanceEstimate(Estimate):
     khat: torch.Tensor | None = None
     num_replicates: int = 1
 
+    @property
+    def unreliable(self) -> torch.Tensor:
+        """(N,) bool: points whose k-hat exceeds 0.7, PSIS's threshold (Vehtari et al.),
+        where neither the estimate nor its standard error can be trusted: the delta-method
+        stderr there can be several times too small."""
+        return self.khat > KHAT_THRESHOLD
+
 
 def elbo(
     model: Callable,
@@ -81,6 +91,10 @@ def elbo(
     chunk_size: int | None = None,
     seed: int | None = None,
     dtype: torch.dtype | None = None,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    data_plate: str | None = None,
+    vectorize: bool | None = None,
 ) -> Estimate:
     """Monte-Carlo ELBO per point: E_q[log p(x, z) - log q(z given x)] <= log p(x).
 
@@ -88,22 +102,45 @@ def elbo(
 
     :param model: a Pyro model following the plate convention (``model(x)``).
     :param guide: a Pyro guide sampling every latent site of the model (``guide(x)``).
-    :param x: data (N, D).
+    :param x: data (N, ...).
     :param int num_particles: draws per point (>= 2 for a standard error).
     :param int chunk_size: particles evaluated at once (default: about 2^16 / N).
     :param int seed: seeds torch's RNG for this call only; None uses the caller's RNG.
     :param dtype: torch.float32 or torch.float64 to compute in: x and the model and guide
         (where they are modules) are cast for the call; None (default) keeps them as they are.
+    :param model_args, model_kwargs: extra arguments of model and guide, after x:
+        ``model(x, *model_args, **model_kwargs)`` (labels, flags); a tensor among them whose
+        leading dimension is N goes with x.
+    :param data_plate: the name of the data plate, where the trace cannot tell (default:
+        the vectorised plate of size N around the observed sites).
+    :param vectorize: evaluate particles in one extra plate (True) or one at a time (False);
+        None (default) vectorises where that gives the same numbers as one at a time.
     :returns: an :class:`Estimate` in nats, ``per_point`` of shape (N,).
     """
     moments = _RunningMoments()
-    with torch.no_grad(), seeded(seed), computed_in(dtype, model, guide):
+    with (
+        torch.no_grad(),
+        seeded(seed),
+        computed_in(dtype, model, guide),
+        evaluation_mode(model, guide),
+    ):
         x = x if dtype is None else x.to(dtype)
-        x, info, chunk = _prepare(
-            model, guide, x, ("num_particles", num_particles), chunk_size, num_particles
+        inputs, info, chunk = _prepare(
+            model,
+            guide,
+            x,
+            ("num_particles", num_particles),
+            chunk_size,
+            num_particles,
+            dict(
+                model_args=model_args,
+                model_kwargs=model_kwargs,
+                data_plate=data_plate,
+                vectorize=vectorize,
+            ),
         )
         for size in _chunk_sizes(num_particles, chunk):
-            moments.update(log_importance_weights(model, guide, x, size, info).double())
+            moments.update(log_importance_weights(model, guide, inputs, size, info).double())
     return Estimate(moments.mean, moments.stderr, num_particles)
 
 
@@ -118,6 +155,10 @@ def iw_log_marginal(
     num_replicates: int = 1,
     progress: bool = False,
     dtype: torch.dtype | None = None,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    data_plate: str | None = None,
+    vectorize: bool | None = None,
 ) -> ImportanceEstimate:
     """Importance-weighted estimate of log p(x) per point: log (1/K) sum_k w_k, w = p(x,z)/q(z).
 
@@ -140,6 +181,7 @@ def iw_log_marginal(
     :param bool progress: show a progress bar over chunks.
     :param dtype: torch.float32 or torch.float64 to compute in (as in :func:`elbo`); the
         log-sum-exp runs in float64 either way.
+    :param model_args, model_kwargs, data_plate, vectorize: as in :func:`elbo`.
     :returns: an :class:`ImportanceEstimate` in nats with ``per_point``, ``ess``, ``khat``
         of shape (N,).
     """
@@ -147,12 +189,30 @@ def iw_log_marginal(
     total = num_samples * num_replicates
     pooled = _RunningLogMeanExp(tail_size=_psis_tail_size(total))
     replicates = _RunningMoments()
-    with torch.no_grad(), seeded(seed), computed_in(dtype, model, guide):
+    with (
+        torch.no_grad(),
+        seeded(seed),
+        computed_in(dtype, model, guide),
+        evaluation_mode(model, guide),
+    ):
         x = x if dtype is None else x.to(dtype)
-        x, info, chunk = _prepare(model, guide, x, ("num_samples", num_samples), chunk_size, total)
+        inputs, info, chunk = _prepare(
+            model,
+            guide,
+            x,
+            ("num_samples", num_samples),
+            chunk_size,
+            total,
+            dict(
+                model_args=model_args,
+                model_kwargs=model_kwargs,
+                data_plate=data_plate,
+                vectorize=vectorize,
+            ),
+        )
         plan = list(_replicate_plan(num_samples, num_replicates, chunk))
         for replicates_in_chunk, size in tqdm(plan, disable=not progress, desc="IW chunks"):
-            log_weights = log_importance_weights(model, guide, x, size, info).double()  # (c, N)
+            log_weights = log_importance_weights(model, guide, inputs, size, info).double()
             pooled.update(log_weights)
             replicates.feed(log_weights, replicates_in_chunk, num_samples)
     if num_replicates == 1:
@@ -192,16 +252,16 @@ def _prepare(
     count: tuple[str, int],
     chunk_size: int | None,
     total: int,
-) -> tuple[torch.Tensor, ProgramInfo, int]:
+    program_options: dict,
+) -> tuple[Inputs, ProgramInfo, int]:
     """Validate the arguments, inspect the pair, choose the chunk size (at most ``total``)."""
-    check_data(x)
     count_name, num_particles = count
     check_positive_int(count_name, num_particles)
     if chunk_size is not None:
         check_positive_int("chunk_size", chunk_size)
-    info = inspect_pair(model, guide, x)
-    chunk = chunk_size or _default_chunk_size(x.shape[0])
-    return x, info, min(chunk, total)
+    inputs, info = prepare_pair(model, guide, x, **program_options)
+    chunk = chunk_size or _default_chunk_size(inputs.num_data)
+    return inputs, info, min(chunk, total)
 
 
 def _default_chunk_size(num_data: int) -> int:

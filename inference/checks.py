@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from inference._programs import sample_sites, trace_program
-from inference._validate import check_data, check_positive_int
+from inference._programs import Inputs, checked_inputs, sample_sites, trace_program
+from inference._validate import check_positive_int
 from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
 from inference.bounds import Estimate, _delta_method_stderr, elbo, iw_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
@@ -45,6 +45,10 @@ def check_bounds(
     ais_steps: int = AIS_STEPS,
     ais_chains: int = AIS_CHAINS,
     seed: int = 0,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    data_plate: str | None = None,
+    vectorize: bool | None = None,
 ) -> BoundsReport:
     """Check ELBO <= E[IW_K] <= E[IW_K'] <= log p(x) (K <= K') per point, and tightness.
 
@@ -67,10 +71,15 @@ def check_bounds(
     itself a stochastic lower bound: a failure there means a broken bound or an AIS run
     too short to converge.
 
+    ``model_args``, ``model_kwargs``, ``data_plate``, ``vectorize``: as in
+    :func:`inference.elbo`.
+
     :raises AssertionError: naming the violated inequality, the points and the figures.
     :returns: a :class:`BoundsReport` when every check passes.
     """
-    check_data(x)
+    inputs = checked_inputs(x, model_args, model_kwargs)
+    arguments = dict(model_args=model_args, model_kwargs=model_kwargs, data_plate=data_plate)
+    program = dict(arguments, vectorize=vectorize)
     ks = sorted({check_positive_int("num_samples", int(k)) for k in num_samples})
     check_positive_int("particles_per_row", particles_per_row)
     if not 0 < false_alarm_rate < 1:
@@ -79,16 +88,19 @@ def check_bounds(
         raise ValueError(f"reference must be None or 'ais'; got {reference!r}")
     if exact is None:
         try:
-            exact = exact_log_marginal(model, x)
+            exact = exact_log_marginal(model, x, **arguments)
         except NoExactValueError:
             exact = None
-    bound = elbo(model, guide, x, num_particles=particles_per_row, seed=seed)
-    iw = {k: _iw_with_robust_stderr(model, guide, x, k, particles_per_row, seed + k) for k in ks}
+    bound = elbo(model, guide, x, num_particles=particles_per_row, seed=seed, **program)
+    iw = {
+        k: _iw_with_robust_stderr(model, guide, x, k, particles_per_row, seed + k, program)
+        for k in ks
+    }
     rows = [("ELBO", bound)] + [(f"IW_{k}", iw[k]) for k in ks]
     ais = None
     if exact is None and reference == "ais":
         ais = ais_log_marginal(
-            model, None, x, num_steps=ais_steps, num_chains=ais_chains, seed=seed
+            model, None, x, num_steps=ais_steps, num_chains=ais_chains, seed=seed, **program
         )
     comparisons = len(rows) - 1 + (len(rows) if exact is not None or ais is not None else 0)
     tail = false_alarm_rate / (2 * comparisons * x.shape[0])
@@ -106,7 +118,7 @@ def check_bounds(
         for name, row in rows:
             _check_ordered(name, row, "log p(x)", exact_row, z, allowance)
             checks.append(f"{name} <= log p(x)")
-        if not _has_discrete_latent(model, x):
+        if not _has_discrete_latent(model, inputs):
             _check_tight(bound, rows, exact, allowance)
             checks.append("tight where the weights have zero variance")
     if ais is not None:
@@ -138,15 +150,21 @@ def _missed_mass_excess(alpha: float, draws: int) -> float:
     return -math.log1p(-missed)
 
 
-def _has_discrete_latent(model: Callable, x: torch.Tensor) -> bool:
-    trace = trace_program(model, x)
+def _has_discrete_latent(model: Callable, inputs: Inputs) -> bool:
+    trace = trace_program(model, inputs)
     return any(
         site["fn"].support.is_discrete for _, site in sample_sites(trace) if not site["is_observed"]
     )
 
 
 def _iw_with_robust_stderr(
-    model: Callable, guide: Callable, x: torch.Tensor, k: int, particles: int, seed: int
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    k: int,
+    particles: int,
+    seed: int,
+    program: dict,
 ) -> Estimate:
     """E[IW_K] per point from R >= 10 replicates, with the larger of two standard errors.
 
@@ -154,7 +172,9 @@ def _iw_with_robust_stderr(
     delta method on all K R weights, sqrt((K R / ESS - 1) / (K R)), is a second opinion.
     """
     replicates = max(_MIN_REPLICATES, particles // k)
-    estimate = iw_log_marginal(model, guide, x, num_samples=k, num_replicates=replicates, seed=seed)
+    estimate = iw_log_marginal(
+        model, guide, x, num_samples=k, num_replicates=replicates, seed=seed, **program
+    )
     delta_method = _delta_method_stderr(estimate.ess, k * replicates)
     return Estimate(estimate.per_point, torch.maximum(estimate.per_point_stderr, delta_method), k)
 

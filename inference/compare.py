@@ -27,6 +27,7 @@ class ComparisonRow:
     stderr: float
     mean_ess: float | None = None
     max_khat: float | None = None
+    unreliable_points: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ def compare(
     ais_steps: int = AIS_STEPS,
     ais_chains: int = AIS_CHAINS,
     dtype: torch.dtype | None = None,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    data_plate: str | None = None,
+    vectorize: bool | None = None,
 ) -> Comparison:
     """ELBO, IW_K for each K, and the exact log p(x) where it exists, averaged over points.
 
@@ -105,6 +110,7 @@ def compare(
         :func:`inference.numpyro_backend.nuts_log_marginal` (built-in models with a
         continuous latent); None (default) adds none.
     :param dtype: torch.float32 or torch.float64 for the ELBO and IW rows (see :func:`elbo`).
+    :param model_args, model_kwargs, data_plate, vectorize: as in :func:`inference.elbo`.
     :returns: a :class:`Comparison`, printable, with ``to_dict()`` and ``to_json()``.
     """
     if reference not in REFERENCES:
@@ -112,6 +118,8 @@ def compare(
     ks = sorted({check_positive_int("num_samples", int(k)) for k in num_samples})
     budget = 10 * ks[-1] if particles_per_row is None else particles_per_row
     check_positive_int("particles_per_row", budget)
+    arguments = dict(model_args=model_args, model_kwargs=model_kwargs, data_plate=data_plate)
+    program = dict(arguments, vectorize=vectorize)
     rows = [
         _elbo_row(
             elbo(
@@ -122,6 +130,7 @@ def compare(
                 chunk_size=chunk_size,
                 seed=seed,
                 dtype=dtype,
+                **program,
             )
         )
     ]
@@ -136,6 +145,7 @@ def compare(
             chunk_size=chunk_size,
             seed=None if seed is None else seed + k,
             dtype=dtype,
+            **program,
         )
         rows.append(_importance_row("iw", estimate))
     if reference == "nuts":
@@ -145,12 +155,12 @@ def compare(
         rows.append(_importance_row("nuts", nuts_log_marginal(model, x, seed=seed or 0)))
     if reference == "ais":
         estimate = ais_log_marginal(
-            model, guide, x, num_steps=ais_steps, num_chains=ais_chains, seed=seed
+            model, guide, x, num_steps=ais_steps, num_chains=ais_chains, seed=seed, **program
         )
         rows.append(_importance_row("ais", estimate))
     note = ""
     try:
-        exact = exact_log_marginal(model, x) if exact is None else exact
+        exact = exact_log_marginal(model, x, **arguments) if exact is None else exact
         rows.append(ComparisonRow("exact", None, exact.double().mean().item(), 0.0))
     except NoExactValueError as error:
         note = f"no exact value: {error}"
@@ -169,6 +179,7 @@ def _importance_row(estimator: str, estimate: ImportanceEstimate) -> ComparisonR
         estimate.stderr,
         estimate.ess.mean().item(),
         _nan_max(estimate.khat),
+        int(estimate.unreliable.sum()),
     )
 
 

@@ -12,20 +12,23 @@ import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from inference._programs import (
+    Inputs,
     ProgramInfo,
     data_first,
-    inspect_pair,
+    evaluation_mode,
     is_auxiliary,
     log_density_per_point,
     particle_plate,
+    particle_traces,
     per_point_sum,
     per_point_vector,
+    prepare_pair,
     sample_sites,
     seeded,
     trace_program,
-    vectorized_traces,
+    with_particle_dim,
 )
-from inference._validate import check_data, check_positive_int
+from inference._validate import check_positive_int
 from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
 
@@ -85,6 +88,10 @@ def diagnose(
     ais_steps: int = AIS_STEPS,
     ais_chains: int = AIS_CHAINS,
     seed: int | None = None,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    data_plate: str | None = None,
+    vectorize: bool | None = None,
 ) -> Diagnosis:
     """Rate, distortion, active units, I_q(x; z) and the verdict ``latent_ignored``.
 
@@ -105,31 +112,28 @@ def diagnose(
     :param reference: ``"ais"``: where no exact value exists, measure the gap from
         :func:`inference.ais_log_marginal` (``ais_steps`` steps, ``ais_chains`` chains from
         the guide); None (default): the exact value only.
+    :param model_args, model_kwargs, data_plate, vectorize: as in :func:`inference.elbo`.
     :returns: a :class:`Diagnosis` in nats per data point.
     """
-    check_data(x)
     check_positive_int("num_particles", num_particles)
     if reference not in (None, "ais"):
         raise ValueError(f"reference must be None or 'ais'; got {reference!r}")
     if not rate_threshold > 0:
         raise ValueError(f"rate_threshold must be > 0; got {rate_threshold!r}")
-    with torch.no_grad(), seeded(seed):
-        info = inspect_pair(model, guide, x)
-        model_trace, guide_trace = vectorized_traces(model, guide, x, num_particles, info)
-        rate, analytic = _rate(model_trace, guide_trace, info, num_particles)
-        log_likelihood = log_density_per_point(
-            model_trace, info, num_particles, info.observed_sites
-        )
-        log_prior_ratio = log_density_per_point(
-            model_trace, info, num_particles, info.latent_sites
-        ) - log_density_per_point(guide_trace, info, num_particles, info.latent_sites)
-        means = _posterior_means(guide_trace, info)  # (N, d)
-        mutual_info = _mutual_information(guide, x, info)
+    program = dict(model_args=model_args, model_kwargs=model_kwargs, data_plate=data_plate)
+    with torch.no_grad(), seeded(seed), evaluation_mode(model, guide):
+        inputs, info = prepare_pair(model, guide, x, vectorize=vectorize, **program)
+        draws = _draws(model, guide, inputs, info, num_particles)
+        mutual_info = _mutual_information(guide, inputs, info)
+    rate, analytic, log_likelihood, log_prior_ratio, means = draws
     exact_mean = None
     if with_exact:
         with contextlib.suppress(NoExactValueError):
             exact_mean = (
-                (exact_log_marginal(model, x) if exact is None else exact).double().mean().item()
+                (exact_log_marginal(model, x, **program) if exact is None else exact)
+                .double()
+                .mean()
+                .item()
             )
     elbo_value = (log_likelihood + log_prior_ratio).mean().item()
     reference_name, reference_value = (
@@ -137,7 +141,7 @@ def diagnose(
     )
     if reference_value is None and reference == "ais":
         estimate = ais_log_marginal(
-            model, guide, x, num_steps=ais_steps, num_chains=ais_chains, seed=seed
+            model, guide, x, num_steps=ais_steps, num_chains=ais_chains, seed=seed, **program
         )
         reference_name, reference_value = "ais", estimate.mean
     active = (
@@ -160,6 +164,34 @@ def diagnose(
     )
 
 
+def _draws(
+    model: Callable, guide: Callable, inputs: Inputs, info: ProgramInfo, num_particles: int
+) -> tuple[float, bool, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From ``num_particles`` draws of z ~ q: the mean rate and whether it was analytic,
+    log p(x given z) and log p(z) - log q(z given x) per draw and point (K, N), and E_q[z]
+    per point (N, d)."""
+    rates, analytic, likelihoods, ratios, means = [], True, [], [], []
+    for model_trace, guide_trace, count in particle_traces(
+        model, guide, inputs, num_particles, info
+    ):
+        rate, exact_kl = _rate(model_trace, guide_trace, info, count)
+        rates.append(rate * count)
+        analytic = analytic and exact_kl
+        likelihoods.append(log_density_per_point(model_trace, info, count, info.observed_sites))
+        ratios.append(
+            log_density_per_point(model_trace, info, count, info.latent_sites)
+            - log_density_per_point(guide_trace, info, count, info.latent_sites)
+        )
+        means.append(_posterior_means(guide_trace, info) * count)
+    return (
+        sum(rates) / num_particles,
+        analytic,
+        torch.cat(likelihoods),
+        torch.cat(ratios),
+        sum(means) / num_particles,
+    )
+
+
 def rate_and_distortion(
     model: Callable,
     guide: Callable,
@@ -173,19 +205,21 @@ def rate_and_distortion(
 
     Cheap enough to record during training (closed-form KL for Gaussian sites).
     """
-    check_data(x)
     check_positive_int("num_particles", num_particles)
     with torch.no_grad(), seeded(seed):
-        return rate_and_distortion_of(model, guide, x, inspect_pair(model, guide, x), num_particles)
+        inputs, info = prepare_pair(model, guide, x)
+        return rate_and_distortion_of(model, guide, inputs, info, num_particles)
 
 
 def rate_and_distortion_of(
-    model: Callable, guide: Callable, x: torch.Tensor, info: ProgramInfo, num_particles: int
+    model: Callable,
+    guide: Callable,
+    inputs: Inputs | torch.Tensor,
+    info: ProgramInfo,
+    num_particles: int,
 ) -> tuple[float, float]:
     """:func:`rate_and_distortion` for a pair already inspected (``info``); no checks."""
-    model_trace, guide_trace = vectorized_traces(model, guide, x, num_particles, info)
-    rate, _ = _rate(model_trace, guide_trace, info, num_particles)
-    log_likelihood = log_density_per_point(model_trace, info, num_particles, info.observed_sites)
+    rate, _, log_likelihood, _, _ = _draws(model, guide, Inputs.of(inputs), info, num_particles)
     return rate, -log_likelihood.mean().item()
 
 
@@ -240,8 +274,10 @@ def _posterior_means(guide_trace, info: ProgramInfo) -> torch.Tensor:
             mean = site["fn"].mean.expand(site["value"].shape)
         except NotImplementedError:
             mean = site["value"]
-        mean = mean.mean(0, keepdim=True)  # average over particles (exact when fn.mean exists)
-        columns.append(per_point_vector(mean, info, len(site["fn"].event_shape)))
+        event_dims = len(site["fn"].event_shape)
+        # Average over particles (exact when fn.mean exists); a plain run has no particle dim.
+        mean = with_particle_dim(mean, event_dims, info).mean(0, keepdim=True)
+        columns.append(per_point_vector(mean, info, event_dims))
     if not columns:
         return torch.zeros(info.num_data, 0)
     return torch.cat(columns, -1).double()
@@ -250,12 +286,21 @@ def _posterior_means(guide_trace, info: ProgramInfo) -> torch.Tensor:
 _CROSS_EVALS_PER_CHUNK = 2**18
 
 
-def _mutual_information(guide: Callable, x: torch.Tensor, info: ProgramInfo) -> float:
+def _mutual_information(guide: Callable, inputs: Inputs, info: ProgramInfo) -> float:
     """I_q(x; z) ~ mean_n [log q(z_n | x_n) - log (1/N) sum_m q(z_n | x_m)], z_n ~ q(. | x_n)."""
-    trace = trace_program(guide, x)
+    trace = trace_program(guide, inputs)
     names = [n for n, s in sample_sites(trace) if not is_auxiliary(s)]
     own = log_density_per_point(trace, info, 1, names)[0]  # (N,)
-    # Draw n goes to the particle dim, so each particle n is evaluated at every data point m.
+    cross = _cross_log_q if info.vectorized else _cross_log_q_one_by_one
+    log_aggregate = cross(guide, inputs, info, trace, names)  # (N,): log (1/N) sum_m q(z_n | x_m)
+    # The estimator can dip below zero by its own noise; I(x; z) cannot.
+    return max(0.0, (own.double() - log_aggregate).mean().item())
+
+
+def _cross_log_q(
+    guide: Callable, inputs: Inputs, info: ProgramInfo, trace, names: list[str]
+) -> torch.Tensor:
+    """Draw n goes to the particle dim, so each particle n is evaluated at every point m."""
     values = {
         n: data_first(trace.nodes[n]["value"], len(trace.nodes[n]["fn"].event_shape), info)
         for n in names
@@ -266,8 +311,27 @@ def _mutual_information(guide: Callable, x: torch.Tensor, info: ProgramInfo) -> 
         part = {n: v[start : start + chunk] for n, v in values.items()}
         size = next(iter(part.values())).shape[0]
         with particle_plate(size, info):
-            conditioned = trace_program(poutine.condition(guide, data=part), x)
+            conditioned = trace_program(poutine.condition(guide, data=part), inputs)
         log_q = log_density_per_point(conditioned, info, size, names)  # (size, N): q(z_n | x_m)
         cross.append(torch.logsumexp(log_q.double(), dim=1) - math.log(info.num_data))
-    # The estimator can dip below zero by its own noise; I(x; z) cannot.
-    return max(0.0, (own.double() - torch.cat(cross)).mean().item())
+    return torch.cat(cross)
+
+
+def _cross_log_q_one_by_one(
+    guide: Callable, inputs: Inputs, info: ProgramInfo, trace, names: list[str]
+) -> torch.Tensor:
+    """As :func:`_cross_log_q` for a guide that cannot take a particle dim: one run per
+    draw n, its value given to every data point m."""
+    cross = []
+    for n in range(info.num_data):
+        values = {name: _draw_for_every_point(trace.nodes[name], n, info) for name in names}
+        conditioned = trace_program(poutine.condition(guide, data=values), inputs)
+        log_q = log_density_per_point(conditioned, info, 1, names)[0]  # (N,): q(z_n | x_m)
+        cross.append(torch.logsumexp(log_q.double(), dim=0) - math.log(info.num_data))
+    return torch.stack(cross)
+
+
+def _draw_for_every_point(site: dict, n: int, info: ProgramInfo) -> torch.Tensor:
+    value = site["value"]
+    data_position = value.dim() - len(site["fn"].event_shape) + info.data_dim
+    return value.narrow(data_position, n, 1).expand_as(value)

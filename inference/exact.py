@@ -9,15 +9,19 @@ from collections.abc import Callable
 
 import torch
 
+from guides import PriorGuide
 from inference._latent import LatentSpace, enumerated_log_density
 from inference._programs import (
+    Inputs,
     ProgramInfo,
+    checked_inputs,
+    evaluation_mode,
     inspect_program,
     seeded,
     trace_program,
+    vectorization_problem,
 )
 from inference._quadrature import certified_quadrature
-from inference._validate import check_data
 from lvm_models import GaussianMixture, LinearGaussian, NoExactValueError
 
 MAX_QUADRATURE_DIM = 2
@@ -26,7 +30,14 @@ _CLOSED_FORM_TYPES = (LinearGaussian, GaussianMixture)
 _CLAIMED_CLOSED_FORM_TOLERANCE = 1e-3  # nats between a model's own log_marginal and the oracle
 
 
-def exact_log_marginal(model: Callable, x: torch.Tensor) -> torch.Tensor:
+def exact_log_marginal(
+    model: Callable,
+    x: torch.Tensor,
+    *,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    data_plate: str | None = None,
+) -> torch.Tensor:
     """Exact log p(x) in nats for each row of x (N, D): a tensor of shape (N,).
 
     Right to about 1e-6 nats, or :class:`NoExactValueError`; never a silently wrong number.
@@ -45,10 +56,12 @@ def exact_log_marginal(model: Callable, x: torch.Tensor) -> torch.Tensor:
     Any other model's own ``log_marginal`` is trusted only as far as the oracle confirms it:
     the oracle's value is returned, with a warning where the two differ by more than 1e-3.
 
+    ``model_args``, ``model_kwargs`` and ``data_plate`` are as in :func:`inference.elbo`.
+
     :raises NoExactValueError: naming why each route failed.
     """
-    check_data(x)
-    return _finite(_exact_log_marginal(model, x))
+    inputs = checked_inputs(x, model_args, model_kwargs)
+    return _finite(_exact_log_marginal(model, inputs, data_plate))
 
 
 def _finite(log_marginal: torch.Tensor) -> torch.Tensor:
@@ -63,14 +76,14 @@ def _finite(log_marginal: torch.Tensor) -> torch.Tensor:
     return log_marginal
 
 
-def _exact_log_marginal(model: Callable, x: torch.Tensor) -> torch.Tensor:
+def _exact_log_marginal(model: Callable, inputs: Inputs, data_plate: str | None) -> torch.Tensor:
     # The quadrature starts its search from prior draws: a fixed seed keeps it deterministic.
-    with torch.no_grad(), seeded(0):
-        if type(model) in _CLOSED_FORM_TYPES:
-            return model.log_marginal(x)
+    with torch.no_grad(), seeded(0), evaluation_mode(model):
+        if type(model) in _CLOSED_FORM_TYPES and not inputs.args and not inputs.kwargs:
+            return model.log_marginal(inputs.x)
         claimed = getattr(model, "log_marginal", None)
         try:
-            value = _oracle_log_marginal(model, x)
+            value = _oracle_log_marginal(model, inputs, data_plate)
         except NoExactValueError as error:
             if callable(claimed):
                 raise NoExactValueError(
@@ -80,7 +93,7 @@ def _exact_log_marginal(model: Callable, x: torch.Tensor) -> torch.Tensor:
                 ) from error
             raise
         if callable(claimed):
-            _warn_if_claim_differs(claimed(x), value, type(model).__name__)
+            _warn_if_claim_differs(claimed(inputs.x), value, type(model).__name__)
         return value
 
 
@@ -94,10 +107,22 @@ def _warn_if_claim_differs(claimed: torch.Tensor, value: torch.Tensor, name: str
         )
 
 
-def _oracle_log_marginal(model: Callable, x: torch.Tensor) -> torch.Tensor:
+def _oracle_log_marginal(model: Callable, inputs: Inputs, data_plate: str | None) -> torch.Tensor:
     """Enumeration or certified quadrature, chosen from the trace's latent sites."""
-    info = inspect_program(model, x)
-    model_trace = trace_program(model, x)
+    info = inspect_program(model, inputs, data_plate)
+    if info.global_sites:
+        raise NoExactValueError(
+            f"latent site(s) {list(info.global_sites)} lie outside the data plate "
+            f"'{info.data_plate}': global latents have no per-point log p(x) (fix them with "
+            "pyro.poutine.condition for per-point figures given the globals)"
+        )
+    problem = vectorization_problem(model, PriorGuide(model), inputs, info)
+    if problem is not None:
+        raise NoExactValueError(
+            "enumeration and quadrature evaluate many latent values in one run of the model, "
+            f"which this model cannot take: {problem}"
+        )
+    model_trace = trace_program(model, inputs)
     fns = {n: model_trace.nodes[n]["fn"] for n in info.latent_sites}
     discrete = [n for n in info.latent_sites if fns[n].support.is_discrete]
     unbounded = [n for n in discrete if not fns[n].has_enumerate_support]
@@ -109,7 +134,7 @@ def _oracle_log_marginal(model: Callable, x: torch.Tensor) -> torch.Tensor:
             "over (no enumerate support)"
         )
     elif not continuous:
-        return _enumerate_log_marginal(model, x, info)
+        return _enumerate_log_marginal(model, inputs, info)
     else:
         reasons.append(f"enumeration: latent site(s) {continuous} are not discrete")
     dim = sum(fns[n].event_shape.numel() for n in continuous)
@@ -123,12 +148,12 @@ def _oracle_log_marginal(model: Callable, x: torch.Tensor) -> torch.Tensor:
         except ValueError as error:
             reasons.append(f"quadrature: {error}")
         else:
-            return certified_quadrature(model, x, info, space)
+            return certified_quadrature(model, inputs, info, space)
     raise NoExactValueError(
         "no exact log p(x) for this model: it has no closed form here; " + "; ".join(reasons)
     )
 
 
-def _enumerate_log_marginal(model: Callable, x: torch.Tensor, info: ProgramInfo) -> torch.Tensor:
+def _enumerate_log_marginal(model: Callable, inputs: Inputs, info: ProgramInfo) -> torch.Tensor:
     """Sum out every (discrete) latent with parallel enumeration, keeping the data plate."""
-    return enumerated_log_density(model, x, info, {}, 1)[0]
+    return enumerated_log_density(model, inputs, info, {}, 1)[0]

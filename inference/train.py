@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
@@ -25,14 +26,17 @@ from torch.distributions import Independent, Normal, kl_divergence
 from tqdm.auto import tqdm
 
 from inference._programs import (
+    Inputs,
     ProgramInfo,
+    checked_inputs,
+    evaluation_mode,
     inspect_pair,
+    particle_traces,
     sample_sites,
     seeded,
     site_log_prob_per_point,
-    vectorized_traces,
 )
-from inference._validate import check_data, check_positive_int
+from inference._validate import check_positive_int
 from inference.checkpoint import (
     capture_state,
     load_checkpoint,
@@ -112,6 +116,11 @@ def fit(
     checkpoint_info: dict[str, object] | None = None,
     jit: bool = False,
     log_every: int = 50,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    data_plate: str | None = None,
+    vectorize: bool | None = None,
+    enumerate: bool | None = None,
 ) -> FitResult:
     """Fit ``model`` and ``guide`` to ``data`` by maximising a variational bound with ``SVI``.
 
@@ -172,11 +181,24 @@ def fit(
     :param jit: compile the ELBO with Pyro's ``JitTrace_ELBO`` (``objective="elbo"``, a fixed
         beta, no free bits): the same estimate with the Python of the tracing run once, for
         programs of static structure. Compiling takes a second or two.
+    :param model_args, model_kwargs: extra arguments of model and guide after the data:
+        ``model(x, *model_args, **model_kwargs)``, e.g. labels; a tensor among them whose
+        leading dimension is N is minibatched with the data.
+    :param data_plate: the data plate's name where the trace cannot tell (see
+        :func:`inference.elbo`).
+    :param vectorize: evaluate several particles in one extra plate (Pyro's
+        ``vectorize_particles``); None (default) does so where the programs give the same
+        numbers that way, otherwise particles run one at a time.
+    :param enumerate: sum out the discrete latent sites that have enumerate support, exactly,
+        with Pyro's ``TraceEnum_ELBO`` (sites in the guide and the model are marked with
+        ``config_enumerate``); None (default) does so whenever there are such sites and
+        ``objective="elbo"`` without free bits or jit.
     :returns: a :class:`FitResult`. The loss of a step is the negative (beta-weighted) bound
         of its minibatch, times N / B, divided by N: nats per data point, evaluated before
         that step's update.
     """
-    x = check_data(data, "data")
+    inputs = checked_inputs(data, model_args, model_kwargs, name="data")
+    x = inputs.x
     num_data = x.shape[0]
     _check_options(
         num_data,
@@ -198,16 +220,34 @@ def fit(
     if seed is not None:
         pyro.set_rng_seed(seed)
     with poutine.trace(param_only=True) as capture:
-        info = inspect_pair(model, guide, x)
+        info = inspect_pair(
+            model,
+            guide,
+            inputs,
+            data_plate=data_plate,
+            vectorize=vectorize,
+            allow_global=True,
+            allow_enumerated=enumerate is not False,
+        )
+    if info.global_sites and batch_size not in (None, num_data):
+        raise ValueError(
+            f"the model has global latent site(s) {list(info.global_sites)}: the N / B scaling "
+            "of a minibatch would scale them too; train them full-batch (batch_size=None)"
+        )
     trained = parameter_keys(model, guide, _unconstrained_params(capture.trace))
     optimizer = optimizer or MultiTensorAdam({"lr": lr})
+    enumerated = _enumerates(enumerate, info, objective, free_bits, jit)
+    # SVI gets the programs marked for enumeration where it sums discrete latents out.
+    programs = (model, guide)
+    if enumerated:
+        programs = tuple(config_enumerate(p, default="parallel") for p in programs)
     if jit:
         svi = _jit_svi(
-            model, guide, optimizer, num_particles, info, num_data / (batch_size or num_data)
+            *programs, optimizer, num_particles, info, num_data / (batch_size or num_data)
         )
     else:
-        loss = _objective_loss(objective, num_particles, free_bits, info)
-        svi = SVI(model, guide, optimizer, loss=_scaled_to_full_data(loss, num_data))
+        loss = _objective_loss(objective, num_particles, free_bits, info, enumerated)
+        svi = SVI(*programs, optimizer, loss=_scaled_to_full_data(loss, num_data))
     batch_generator = _batch_generator(num_data, batch_size, seed)
     options = _resume_options(
         x,
@@ -232,8 +272,9 @@ def fit(
     first_step = len(losses)
     start = time.perf_counter()
     bar = tqdm(range(len(losses), steps), disable=not progress, desc=f"fit ({objective})")
+    log = _Logging(model, guide, info, log_every)
     for step in bar:
-        batch = _minibatch(x, batch_size, batch_generator)
+        batch = _minibatch(inputs, batch_size, batch_generator)
         latent_scale = _beta_at(step, beta, kl_warmup_steps)
         losses.append(_svi_step(svi, batch, latent_scale, step == first_step) / num_data)
         if not math.isfinite(losses[-1]):
@@ -243,8 +284,8 @@ def fit(
         smoothed = losses[-1] if step == 0 else smoothed + _SMOOTHING * (losses[-1] - smoothed)
         if step % _PROGRESS_EVERY == 0:
             bar.set_postfix(loss=f"{smoothed:.4g}", refresh=False)
-        if (step + 1) % log_every == 0:
-            record = (step, latent_scale, *_rate_and_distortion(model, guide, batch, info, step))
+        record = log.record(step, latent_scale, batch)
+        if record is not None:
             for name, value in zip(_LOGGED, record):
                 logged[name].append(value)
         if callback is not None and (step + 1) % callback_every == 0:
@@ -271,17 +312,63 @@ def fit(
     return FitResult(history, sum(tail) / len(tail), seconds, objective)
 
 
-def _rate_and_distortion(
-    model: Callable, guide: Callable, batch: torch.Tensor, info: ProgramInfo, step: int
-) -> tuple[float, float]:
-    """Rate and distortion of a minibatch, drawn from a stream of their own: recording them
-    leaves the training's random numbers as they were."""
-    batch_info = replace(info, num_data=batch.shape[0])
-    with torch.no_grad(), seeded(step), pyro.validation_enabled(False):
-        return rate_and_distortion_of(model, guide, batch, batch_info, num_particles=1)
+class _Logging:
+    """Rate and distortion of the minibatch every ``log_every`` steps, for the history.
+
+    Drawn from a random stream of their own, so recording them leaves the training's random
+    numbers as they were. Logging is never allowed to end a run that training alone would
+    finish: if it fails (a program that can only be trained, not diagnosed), it warns once,
+    naming the error, and stops.
+    """
+
+    def __init__(self, model: Callable, guide: Callable, info: ProgramInfo, every: int) -> None:
+        self.model, self.guide, self.info, self.every = model, guide, info, every
+        self.failed = False
+
+    def record(self, step: int, latent_scale: float, batch: Inputs) -> tuple | None:
+        if self.failed or (step + 1) % self.every:
+            return None
+        batch_info = replace(self.info, num_data=batch.num_data)
+        try:
+            with (
+                torch.no_grad(),
+                seeded(step),
+                pyro.validation_enabled(False),
+                evaluation_mode(self.model, self.guide),
+            ):
+                rate, distortion = rate_and_distortion_of(
+                    self.model, self.guide, batch, batch_info, num_particles=1
+                )
+        except Exception as error:  # logging is optional; training goes on
+            self.failed = True
+            warnings.warn(
+                f"fit stopped logging rate and distortion at step {step}: "
+                f"{type(error).__name__}: {str(error).splitlines()[0]}",
+                stacklevel=3,
+            )
+            return None
+        return step, latent_scale, rate, distortion
 
 
-def _svi_step(svi: SVI, batch: torch.Tensor, latent_scale: float, validate: bool) -> float:
+def _enumerates(
+    requested: bool | None, info: ProgramInfo, objective: str, free_bits: float, jit: bool
+) -> bool:
+    """Whether fit sums out discrete latents by enumeration (see ``enumerate`` in :func:`fit`)."""
+    enumerable = info.enumerable_sites
+    usable = objective == "elbo" and free_bits == 0 and not jit
+    if requested is None:
+        return bool(enumerable) and usable
+    if requested and not usable:
+        raise ValueError(
+            "enumerate=True needs objective='elbo' without free bits or jit; got "
+            f"objective={objective!r}, free_bits={free_bits}, jit={jit}"
+        )
+    if requested and not enumerable:
+        raise ValueError("enumerate=True: the model has no discrete latent site to enumerate")
+    return bool(requested)
+
+
+def _svi_step(svi: SVI, batch: Inputs, latent_scale: float, validate: bool) -> float:
     """One SVI step, the latent sites' log-densities scaled by ``latent_scale``.
 
     Pyro's and torch's validation (argument and support checks, shape checks of the traces)
@@ -290,7 +377,7 @@ def _svi_step(svi: SVI, batch: torch.Tensor, latent_scale: float, validate: bool
     """
     scaling = _ScaleLatent(latent_scale) if latent_scale != 1.0 else contextlib.nullcontext()
     with pyro.validation_enabled(validate), scaling:
-        return svi.step(batch)
+        return svi.step(batch.x, *batch.args, **batch.kwargs)
 
 
 def _unconstrained_params(trace: Trace) -> list[torch.Tensor]:
@@ -381,14 +468,13 @@ def _batch_generator(
     )
 
 
-def _minibatch(
-    x: torch.Tensor, batch_size: int | None, generator: torch.Generator | None
-) -> torch.Tensor:
-    """``batch_size`` rows of x drawn without replacement, or all of x in order (a guide with
-    one parameter per row, such as MeanField, needs every row in place)."""
+def _minibatch(inputs: Inputs, batch_size: int | None, generator: torch.Generator | None) -> Inputs:
+    """``batch_size`` data points drawn without replacement (with their per-point
+    arguments), or all of them in order (a guide with one parameter per row, such as
+    MeanField, needs every row in place)."""
     if generator is None:
-        return x
-    return x[torch.randperm(x.shape[0], generator=generator)[:batch_size]]  # (B, D)
+        return inputs
+    return inputs.subset(torch.randperm(inputs.num_data, generator=generator)[:batch_size])
 
 
 def _beta_at(step: int, beta: float, warmup_steps: int) -> float:
@@ -416,8 +502,8 @@ class _ScaleLatent(Messenger):
 def _scaled_to_full_data(loss: Loss, num_data: int) -> Loss:
     """A loss on a minibatch of B points, times N / B: an unbiased estimate of the full loss."""
 
-    def scaled_loss(model: Callable, guide: Callable, batch: torch.Tensor) -> torch.Tensor:
-        return loss(model, guide, batch) * (num_data / batch.shape[0])
+    def scaled_loss(model: Callable, guide: Callable, batch: torch.Tensor, *args, **kwargs):
+        return loss(model, guide, batch, *args, **kwargs) * (num_data / batch.shape[0])
 
     return scaled_loss
 
@@ -437,7 +523,7 @@ def _jit_svi(
     """
     elbo = JitTrace_ELBO(
         num_particles=num_particles,
-        vectorize_particles=num_particles > 1,
+        vectorize_particles=num_particles > 1 and info.vectorized,
         max_plate_nesting=info.max_plate_nesting,
         ignore_jit_warnings=True,
     )
@@ -446,16 +532,16 @@ def _jit_svi(
 
 
 def _objective_loss(
-    objective: str, num_particles: int, free_bits: float, info: ProgramInfo
+    objective: str, num_particles: int, free_bits: float, info: ProgramInfo, enumerated: bool
 ) -> Loss:
     if objective == "iwae":
         return _iwae_loss(num_particles, info)
     if free_bits > 0:
         return _free_bits_loss(free_bits, num_particles, info)
-    elbo = Trace_ELBO(
+    elbo = (TraceEnum_ELBO if enumerated else Trace_ELBO)(
         num_particles=num_particles,
         # One particle needs no particle plate: the same estimate with one handler less.
-        vectorize_particles=num_particles > 1,
+        vectorize_particles=num_particles > 1 and info.vectorized,
         max_plate_nesting=info.max_plate_nesting,
     )
     return elbo.differentiable_loss
@@ -478,34 +564,52 @@ def _scaled_log_density(
 def _iwae_loss(num_particles: int, info: ProgramInfo) -> Loss:
     """-sum_n [logsumexp_k log w_kn - log K], log w = log p(x, z) - log q(z given x)."""
 
-    def loss(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
-        model_trace, guide_trace = vectorized_traces(model, guide, x, num_particles, info)
-        for name, site in sample_sites(guide_trace):
-            if not site["fn"].has_rsample:
-                raise ValueError(
-                    f"objective='iwae' needs reparameterised latent sites; guide site '{name}' "
-                    f"({type(site['fn']).__name__}) has no rsample"
-                )
-        log_weights = _scaled_log_density(model_trace, info) - _scaled_log_density(
-            guide_trace, info
-        )
-        log_weights = log_weights.expand(num_particles, x.shape[0])  # (K, B)
+    def loss(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        inputs, parts = Inputs(x, args, kwargs), []
+        for model_trace, guide_trace, count in particle_traces(
+            model, guide, inputs, num_particles, replace(info, num_data=x.shape[0])
+        ):
+            _check_reparameterised(guide_trace)
+            log_weights = _scaled_log_density(model_trace, info) - _scaled_log_density(
+                guide_trace, info
+            )
+            parts.append(log_weights.expand(count, x.shape[0]))
+        log_weights = torch.cat(parts)  # (K, B)
         return -(torch.logsumexp(log_weights, 0) - math.log(num_particles)).sum()
 
     return loss
 
 
+def _check_reparameterised(guide_trace: Trace) -> None:
+    for name, site in sample_sites(guide_trace):
+        if not site["fn"].has_rsample:
+            raise ValueError(
+                f"objective='iwae' needs reparameterised latent sites; guide site '{name}' "
+                f"({type(site['fn']).__name__}) has no rsample"
+            )
+
+
 def _free_bits_loss(free_bits: float, num_particles: int, info: ProgramInfo) -> Loss:
     """-sum_n E_q log p(x_n given z) + B sum_j max(lambda, KL_j), KL_j averaged over the batch."""
 
-    def loss(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
-        model_trace, guide_trace = vectorized_traces(model, guide, x, num_particles, info)
-        log_likelihood = _scaled_log_density(model_trace, info, observed=True)  # (K, B)
-        kl = torch.zeros(())
-        for name, guide_site in sample_sites(guide_trace):
-            kl_per_unit = _mean_kl_per_unit(name, guide_site, model_trace.nodes[name], info)
-            kl = kl + guide_site["scale"] * kl_per_unit.clamp_min(free_bits).sum()
-        return -log_likelihood.mean(0).sum() + x.shape[0] * kl
+    def loss(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        log_likelihood, kl_per_unit, scales = torch.zeros(()), {}, {}
+        batch_info = replace(info, num_data=x.shape[0])
+        for model_trace, guide_trace, count in particle_traces(
+            model, guide, Inputs(x, args, kwargs), num_particles, batch_info
+        ):
+            share = count / num_particles
+            observed = _scaled_log_density(model_trace, info, observed=True)  # (count, B)
+            log_likelihood = log_likelihood + share * observed.mean(0).sum()
+            for name, guide_site in sample_sites(guide_trace):
+                kl = _mean_kl_per_unit(name, guide_site, model_trace.nodes[name], info)
+                kl_per_unit[name] = kl_per_unit.get(name, 0.0) + share * kl
+                scales[name] = guide_site["scale"]
+        # The floor applies to each unit's KL, averaged over particles and the batch.
+        floored = sum(
+            scales[name] * kl.clamp_min(free_bits).sum() for name, kl in kl_per_unit.items()
+        )
+        return -log_likelihood + x.shape[0] * floored
 
     return loss
 

@@ -84,6 +84,10 @@ class LatentVariableModel(PyroModule):
         """
         if not dist.is_validation_enabled():  # pyro.validation_enabled(False): trusted data
             return x.to(self._origin.dtype)
+        if x.dim() != 2:
+            raise ValueError(
+                f"x must be 2-D (N, D) for {type(self).__name__}; got shape {tuple(x.shape)}"
+            )
         check_columns(x, self.data_dim, self)
         if self.binary_data and not bool(((x == 0) | (x == 1)).all()):
             example = x[(x != 0) & (x != 1)][0].item()

@@ -263,7 +263,7 @@ def test_bad_options_raise_naming_the_argument(options, error, match):
 @pytest.mark.parametrize(
     "x, error, match",
     [
-        (torch.zeros(3), ValueError, "2-D"),
+        (torch.zeros(()), ValueError, "leading dimension of data points"),
         (torch.tensor([[0.0, math.nan]]), ValueError, "NaN"),
         (np.zeros((2, 2)), TypeError, "torch.Tensor"),
     ],

@@ -72,7 +72,7 @@ BAD_INPUTS = [
         "data of rank 1",
         lambda: estimate(torch.randn(D)),
         ValueError,
-        r"x must be 2-D \(N, D\); got shape \(4,\)",
+        r"x must be 2-D \(N, D\) for LinearGaussian; got shape \(4,\)",
     ),
     (
         "data of rank 3",
@@ -199,7 +199,7 @@ BAD_INPUTS = [
         "a guide with another data-plate size",
         lambda: estimate_with(guide_with_another_plate_size),
         ValueError,
-        "the guide's pyro.plate\\('data'\\) has size 7",
+        "the guide's data plate 'data' has size 7",
     ),
     (
         "a mean-field guide for other data",
@@ -211,13 +211,13 @@ BAD_INPUTS = [
         "a model without the data plate",
         lambda: elbo(no_plate_model, guide(), X),
         ValueError,
-        r"the model has no pyro.plate\('data', N\)",
+        r"the model has no vectorised pyro.plate of size N=",
     ),
     (
         "a model without the data plate, exact",
         lambda: exact_log_marginal(no_plate_model, X),
         ValueError,
-        r"the model has no pyro.plate\('data', N\)",
+        r"the model has no vectorised pyro.plate of size N=",
     ),
 ]
 

@@ -153,7 +153,7 @@ def test_model_without_data_plate_is_rejected_by_name():
         z = pyro.sample("z", dist.Normal(0.0, 1.0))
         pyro.sample("x", dist.Normal(z, 1.0).expand(x.shape).to_event(2), obs=x)
 
-    with pytest.raises(ValueError, match=r"no pyro.plate\('data'"):
+    with pytest.raises(ValueError, match=r"no vectorised pyro.plate of size N=4"):
         exact_log_marginal(no_plate, torch.randn(4, 1))
 
 

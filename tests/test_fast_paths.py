@@ -10,7 +10,7 @@ from pyro.nn import PyroModule
 
 from guides import AmortizedGaussian
 from inference import fit
-from inference._programs import inspect_pair
+from inference._programs import Inputs, inspect_pair
 from inference.bounds import _psis_tail_size, _RunningLogMeanExp, weight_diagnostics
 from inference.optim import MultiTensorAdam
 from inference.train import _ScaleLatent, _svi_step
@@ -66,7 +66,7 @@ def test_unvalidated_steps_equal_validated_ones():
         model, guide = digits_pair()
         svi = SVI(model, guide, MultiTensorAdam({"lr": 0.01}), loss=Trace_ELBO())
         pyro.set_rng_seed(0)
-        losses = [_svi_step(svi, x, 1.0, validate) for _ in range(5)]
+        losses = [_svi_step(svi, Inputs(x), 1.0, validate) for _ in range(5)]
         results.append((losses, parameters_of(model, guide)))
     (losses, params), (fast_losses, fast_params) = results
     assert losses == fast_losses

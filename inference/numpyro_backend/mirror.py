@@ -105,7 +105,7 @@ def as_mirror(program: object, kind: type, name: str) -> NumPyroModel | NumPyroG
 
 def jax_data(x: torch.Tensor) -> jax.Array:
     """Checked data (N, D) as a float64 JAX array."""
-    return _array(check_data(x))
+    return _array(check_data(x, matrix=True))
 
 
 def to_tensor(array: jax.Array) -> torch.Tensor:
