@@ -29,6 +29,7 @@ from inference._programs import (
     ProgramInfo,
     is_auxiliary,
     log_density_per_point,
+    log_density_total,
     particle_plate,
     per_point_sum,
     sample_sites,
@@ -38,88 +39,112 @@ from inference._programs import (
 
 @dataclass(frozen=True)
 class LatentSpace:
-    """Named continuous latent sites, each inside the data plate and no other plate.
+    """Named continuous latent sites as one unconstrained vector per unit.
+
+    A unit is one data point (sites inside the data plate and no other plate), or, with
+    ``whole``, the whole data set (every site, global and local: the evidence of the data set
+    as one unit). u has shape (M, units, d).
 
     :ivar sites: the site names, in the order their coordinates appear in u.
-    :ivar event_shapes: each site's event shape (its coordinates per data point).
+    :ivar unit_shapes: each site's value for one unit: its event shape per point, or its
+        whole value laid out on the plates (with ``whole``).
     :ivar transforms: T per site, from unconstrained u to the site's support.
     """
 
     info: ProgramInfo
     sites: tuple[str, ...]
-    event_shapes: tuple[torch.Size, ...]
+    unit_shapes: tuple[torch.Size, ...]
     transforms: tuple[Transform, ...]
     dtype: torch.dtype
+    whole: bool = False
 
     @classmethod
-    def of(cls, trace: Trace, info: ProgramInfo, sites: Sequence[str]) -> LatentSpace:
-        """The space of ``sites`` as a model trace run on all N points shows them.
+    def of(
+        cls, trace: Trace, info: ProgramInfo, sites: Sequence[str], whole: bool = False
+    ) -> LatentSpace:
+        """The space of ``sites`` as a plain model trace run on all N points shows them.
 
-        :raises ValueError: when a site is discrete or lies in a plate besides the data plate.
+        :raises ValueError: when a site is discrete or, per point, lies in a plate besides
+            the data plate.
         """
         nodes = [trace.nodes[name] for name in sites]
         for site in nodes:
             if site["fn"].support.is_discrete:
                 raise ValueError(f"latent site '{site['name']}' is discrete")
-            if site["fn"].batch_shape.numel() != info.num_data:
+            if not whole and site["fn"].batch_shape.numel() != info.num_data:
                 raise ValueError(
                     f"latent site '{site['name']}' has batch shape "
                     f"{tuple(site['fn'].batch_shape)}: it lies in plates besides the data plate "
                     f"(one value per data point is needed, {info.num_data} in all)"
                 )
+        shapes = [_on_all_plates(site, info) if whole else site["fn"].event_shape for site in nodes]
         return cls(
             info,
             tuple(sites),
-            tuple(site["fn"].event_shape for site in nodes),
+            tuple(shapes),
             tuple(biject_to(site["fn"].support) for site in nodes),
             nodes[0]["value"].dtype,
+            whole,
         )
 
     @property
+    def units(self) -> int:
+        return 1 if self.whole else self.info.num_data
+
+    @property
     def dim(self) -> int:
-        return sum(shape.numel() for shape in self.event_shapes)
+        return sum(shape.numel() for shape in self.unit_shapes)
 
     def subset(self, num_data: int) -> LatentSpace:
         """The same space for a batch of ``num_data`` points."""
         info = replace(self.info, num_data=num_data)
-        return LatentSpace(info, self.sites, self.event_shapes, self.transforms, self.dtype)
+        return replace(self, info=info)
 
     def constrain(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """u (M, N, d) -> site values on the plates, and log |det dz/du| summed per (M, N)."""
+        """u (M, units, d) -> site values on the plates, and log |det dz/du| per (M, units)."""
         values, log_jacobian = {}, torch.zeros(u.shape[:2], dtype=u.dtype, device=u.device)
         for name, transform, shape, part in zip(
-            self.sites, self.transforms, self.event_shapes, self._split(u)
+            self.sites, self.transforms, self.unit_shapes, self._split(u)
         ):
             site_u = self._on_plates(part, shape)
             values[name] = transform(site_u)
             log_det = transform.log_abs_det_jacobian(site_u, values[name])
-            log_jacobian = log_jacobian + self._per_point(self._sum_event(log_det)).sum(-1)
+            log_jacobian = log_jacobian + self._per_unit(self._sum_event(log_det)).sum(-1)
         return values, log_jacobian
 
     def unconstrain(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Site values (M, 1.., N, 1.., *event) -> u (M, N, d): the inverse of ``constrain``."""
+        """Site values (M, 1.., N, 1.., *event) -> u (M, units, d): the inverse of
+        ``constrain``."""
         parts = [
-            self._per_point(transform.inv(values[name]))
+            self._per_unit(transform.inv(values[name]))
             for name, transform in zip(self.sites, self.transforms)
         ]
         return torch.cat(parts, dim=-1)
 
     def flat_values(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Site values (M, 1.., N, 1.., *event) -> z (M, N, d) in constrained coordinates."""
-        return torch.cat([self._per_point(values[name]) for name in self.sites], dim=-1)
+        """Site values (M, 1.., N, 1.., *event) -> z (M, units, d), constrained."""
+        return torch.cat([self._per_unit(values[name]) for name in self.sites], dim=-1)
+
+    def log_density(self, trace: Trace, count: int, names: Sequence[str]) -> torch.Tensor:
+        """The named sites' log-densities per particle and unit: (count, units)."""
+        if self.whole:
+            return log_density_total(trace, self.info, count, names).unsqueeze(-1)
+        return log_density_per_point(trace, self.info, count, names)
 
     def _split(self, u: torch.Tensor) -> list[torch.Tensor]:
-        return list(u.split([shape.numel() for shape in self.event_shapes], dim=-1))
+        return list(u.split([shape.numel() for shape in self.unit_shapes], dim=-1))
 
-    def _on_plates(self, flat: torch.Tensor, event_shape: torch.Size) -> torch.Tensor:
-        """(M, N, e) -> (M, 1.., N, 1.., *event_shape) laid out on the model's plates."""
+    def _on_plates(self, flat: torch.Tensor, unit_shape: torch.Size) -> torch.Tensor:
+        """(M, units, e) -> (M, 1.., N, 1.., *event) laid out on the model's plates."""
+        if self.whole:
+            return flat.reshape(flat.shape[0], *unit_shape)
         batch = [1] * self.info.max_plate_nesting
         batch[self.info.max_plate_nesting + self.info.data_dim] = self.info.num_data
-        return flat.reshape(flat.shape[0], *batch, *event_shape)
+        return flat.reshape(flat.shape[0], *batch, *unit_shape)
 
-    def _per_point(self, value: torch.Tensor) -> torch.Tensor:
-        """(M, 1.., N, 1.., *rest) -> (M, N, prod(rest))."""
-        return value.reshape(value.shape[0], self.info.num_data, -1)
+    def _per_unit(self, value: torch.Tensor) -> torch.Tensor:
+        """(M, 1.., N, 1.., *rest) -> (M, units, prod(rest))."""
+        return value.reshape(value.shape[0], self.units, -1)
 
     def _sum_event(self, log_det: torch.Tensor) -> torch.Tensor:
         """Sum a site's log |det dz/du| over its event dims, keeping (M, 1.., N, 1..)."""
@@ -127,6 +152,13 @@ class LatentSpace:
         if log_det.dim() > batch_rank:
             log_det = log_det.sum(list(range(batch_rank, log_det.dim())))
         return log_det
+
+
+def _on_all_plates(site: dict, info: ProgramInfo) -> torch.Size:
+    """A site's value in a plain run, its batch dims padded with 1s to every plate."""
+    value = site["value"]
+    batch_rank = value.dim() - len(site["fn"].event_shape)
+    return torch.Size((1,) * (info.max_plate_nesting - batch_rank) + tuple(value.shape))
 
 
 def model_log_densities(
@@ -144,8 +176,8 @@ def model_log_densities(
         names = [n for n, _ in sample_sites(trace)]
         latent_names = [n for n in names if n in space.info.latent_sites]
         observed_names = [n for n in names if n in space.info.observed_sites]
-        latent.append(log_density_per_point(trace, space.info, count, latent_names))
-        observed.append(log_density_per_point(trace, space.info, count, observed_names))
+        latent.append(space.log_density(trace, count, latent_names))
+        observed.append(space.log_density(trace, count, observed_names))
     return torch.cat(latent), torch.cat(observed)
 
 
@@ -156,7 +188,7 @@ def guide_log_density(
     parts = []
     for trace, count in _conditioned_runs(guide, inputs, space, values):
         names = [n for n, s in sample_sites(trace) if not is_auxiliary(s)]
-        parts.append(log_density_per_point(trace, space.info, count, names))
+        parts.append(space.log_density(trace, count, names))
     return torch.cat(parts)
 
 

@@ -388,6 +388,21 @@ def log_density_per_point(
     return total.expand(num_particles, info.num_data)
 
 
+def log_density_total(
+    trace: Trace, info: ProgramInfo, num_particles: int, sites: Iterable[str]
+) -> torch.Tensor:
+    """Sum of the named sites' log-densities per particle over every plate: (K,). The
+    log-density of the whole data set, global sites counted once."""
+    rank = info.max_plate_nesting + 1
+    total = torch.zeros(num_particles, dtype=torch.float64)
+    for name in sites:
+        site = trace.nodes[name]
+        log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+        log_prob = log_prob.reshape((1,) * (rank - log_prob.dim()) + tuple(log_prob.shape))
+        total = total + log_prob.sum(tuple(range(1, rank))).double()
+    return total
+
+
 def check_guide_matches(
     model_trace: Trace, guide_trace: Trace, info: ProgramInfo, allow_enumerated: bool = False
 ) -> None:

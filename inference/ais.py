@@ -190,14 +190,39 @@ def ais_log_marginal(
     with torch.no_grad(), seeded(seed), evaluation_mode(model, guide):
         program = dict(data_plate=data_plate, vectorize=vectorize)
         inputs = checked_inputs(x, model_args, model_kwargs)
-        path = _AnnealingPath(model, guide, inputs, program)
-        if path.space is None:
-            return _enumerated_estimate(path, settings, reverse=False)
-        total = settings.num_warmup + num_steps
-        with tqdm(total=total, disable=not progress, desc="AIS steps") as bar:
-            step_sizes = _pilot_step_sizes(path, settings, bar)
-            start = hmc_init(path.sample_start(num_chains), path.evaluate)
-            run = _anneal(path, start, _sigmoid_schedule(num_steps), step_sizes, settings, bar)
+        return _forward_ais(_AnnealingPath(model, guide, inputs, program), settings, progress)
+
+
+def ais_log_evidence(
+    model: Callable,
+    guide: Callable | None,
+    inputs: Inputs,
+    *,
+    num_steps: int,
+    num_chains: int,
+    seed: int | None,
+    program: dict,
+    progress: bool = False,
+) -> AISEstimate:
+    """AIS of the whole data set as one unit, every latent (global and local) in one chain
+    state: ``per_point`` has one entry, log p(x_1..N). Used by :func:`inference.log_evidence`
+    (``method="ais"``); continuous latents only."""
+    settings = _check_options(inputs.x, num_steps, num_chains, 10, 0.65, None)
+    with torch.no_grad(), seeded(seed), evaluation_mode(model, guide):
+        path = _AnnealingPath(model, guide, inputs, program, whole=True)
+        return _forward_ais(path, settings, progress)
+
+
+def _forward_ais(path: _AnnealingPath, settings: _Settings, progress: bool) -> AISEstimate:
+    """The pilot run, then the forward AIS run of ``path``."""
+    if path.space is None:
+        return _enumerated_estimate(path, settings, reverse=False)
+    total = settings.num_warmup + settings.num_steps
+    with tqdm(total=total, disable=not progress, desc="AIS steps") as bar:
+        step_sizes = _pilot_step_sizes(path, settings, bar)
+        start = hmc_init(path.sample_start(settings.num_chains), path.evaluate)
+        betas = _sigmoid_schedule(settings.num_steps)
+        run = _anneal(path, start, betas, step_sizes, settings, bar)
     return _estimate(run, step_sizes, settings, path.evaluations, reverse=False)
 
 
@@ -368,19 +393,33 @@ class _AnnealingPath:
     """
 
     def __init__(
-        self, model: Callable, guide: Callable | None, inputs: Inputs, program: dict
+        self,
+        model: Callable,
+        guide: Callable | None,
+        inputs: Inputs,
+        program: dict,
+        whole: bool = False,
     ) -> None:
         self.model, self.inputs = model, inputs
         self.from_prior = guide is None
         self.guide = PriorGuide(model) if guide is None else guide
-        self.info = inspect_pair(model, self.guide, inputs, **program)
+        self.info = inspect_pair(model, self.guide, inputs, allow_global=whole, **program)
         _check_no_auxiliary_sites(trace_program(self.guide, inputs))
         trace = trace_program(model, inputs)
         discrete = _enumerable_sites(trace, self.info)
+        if whole and discrete:
+            raise ValueError(
+                f"AIS of the whole data set needs continuous latents; {discrete} are discrete"
+            )
         continuous = [name for name in self.info.latent_sites if name not in discrete]
         self.enumerated = bool(discrete)
-        self.space = LatentSpace.of(trace, self.info, continuous) if continuous else None
+        self.space = LatentSpace.of(trace, self.info, continuous, whole) if continuous else None
         self.evaluations = 0
+
+    @property
+    def units(self) -> int:
+        """Per-point runs have N units, a run on the whole data set one."""
+        return self.info.num_data if self.space is None else self.space.units
 
     def sample_start(self, num_chains: int) -> torch.Tensor:
         """u of C draws from q per point: (C, N, d)."""
@@ -527,7 +566,7 @@ def _pilot_step_sizes(path: _AnnealingPath, settings: _Settings, bar: tqdm) -> _
     betas = _sigmoid_schedule(settings.num_warmup)
     state = hmc_init(path.sample_start(settings.num_chains), path.evaluate)
     log_step = torch.full(
-        (path.info.num_data,),
+        (path.units,),
         math.log(_INITIAL_STEP_SIZE),
         dtype=torch.float64,
         device=state.position.device,

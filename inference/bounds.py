@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from pyro.ops.stats import fit_generalized_pareto
@@ -44,6 +44,8 @@ class Estimate:
     :ivar num_samples: particles per estimate.
     :ivar mean: average over points.
     :ivar stderr: Monte-Carlo standard error of ``mean`` (points are independent).
+    :ivar given: sites the figures are conditional on: observed sites outside the data plate,
+        such as global latents fixed by ``poutine.condition`` (log p(x_n given them)).
     """
 
     per_point: torch.Tensor
@@ -51,6 +53,7 @@ class Estimate:
     num_samples: int
     mean: float = field(init=False)
     stderr: float = field(init=False)
+    given: tuple[str, ...] = field(default=(), kw_only=True)
 
     def __post_init__(self) -> None:
         num_data = self.per_point.shape[0]
@@ -141,7 +144,7 @@ def elbo(
         )
         for size in _chunk_sizes(num_particles, chunk):
             moments.update(log_importance_weights(model, guide, inputs, size, info).double())
-    return Estimate(moments.mean, moments.stderr, num_particles)
+    return Estimate(moments.mean, moments.stderr, num_particles, given=info.given_sites)
 
 
 def iw_log_marginal(
@@ -216,7 +219,7 @@ def iw_log_marginal(
             pooled.update(log_weights)
             replicates.feed(log_weights, replicates_in_chunk, num_samples)
     if num_replicates == 1:
-        return _one_replicate_estimate(pooled, num_samples)
+        return replace(_one_replicate_estimate(pooled, num_samples), given=info.given_sites)
     return ImportanceEstimate(
         replicates.mean,
         replicates.stderr,
@@ -224,6 +227,7 @@ def iw_log_marginal(
         ess=pooled.ess(),
         khat=pooled.khat(),
         num_replicates=num_replicates,
+        given=info.given_sites,
     )
 
 

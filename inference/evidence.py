@@ -16,19 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from pyro.distributions.util import scale_and_mask
 from pyro.poutine.trace_struct import Trace
 
 from inference._programs import (
     ProgramInfo,
+    checked_inputs,
     evaluation_mode,
     is_auxiliary,
+    log_density_total,
     particle_traces,
     prepare_pair,
     sample_sites,
     seeded,
 )
 from inference._validate import check_positive_int
+from inference.ais import ais_log_evidence
 from inference.bounds import _default_chunk_size, _delta_method_stderr, weight_diagnostics
 
 WHOLE_DATA_SET = "log p(x_1..N): the evidence of the whole data set as one unit, in nats"
@@ -68,6 +70,8 @@ def log_evidence(
     x: torch.Tensor,
     *,
     num_samples: int,
+    method: str = "iw",
+    num_steps: int = 1000,
     chunk_size: int | None = None,
     seed: int | None = None,
     model_args: tuple = (),
@@ -75,19 +79,47 @@ def log_evidence(
     data_plate: str | None = None,
     vectorize: bool | None = None,
 ) -> EvidenceEstimate:
-    """log p(x_1..N) ~ log (1/K) sum_k p(x_1..N, g_k, z_k) / q(g_k, z_k given x_1..N).
+    """log p(x_1..N), the evidence of the whole data set as one unit.
 
-    Each of the K draws is a joint draw of every latent site of the guide: the global ones
-    (outside the data plate) and the local ones (inside it). The estimate is a stochastic
-    lower bound of the evidence that tends to it as K grows. Works for models without
-    global latents too, where it equals the sum over points of the per-point log weights.
+    ``method="iw"``: log (1/K) sum_k p(x_1..N, g_k, z_k) / q(g_k, z_k given x_1..N), each of
+    the K draws a joint draw of every latent site of the guide, the global ones (outside the
+    data plate) and the local ones (inside it). ``method="ais"``: annealed importance sampling
+    (:func:`inference.ais_log_marginal`) with every continuous latent of the data set in one
+    chain state, K = ``num_samples`` chains of ``num_steps`` annealing steps from the guide.
+    Either is a stochastic lower bound of the evidence that tends to it (as K, or the
+    number of steps, grows). Works for models without global latents too, where it equals
+    the sum over points of the per-point figures.
 
     :param x: data (N, ...); ``model_args``, ``model_kwargs``, ``data_plate``,
         ``vectorize`` as in :func:`inference.elbo`.
-    :param int num_samples: K (>= 1).
+    :param int num_samples: K (>= 1): importance samples, or AIS chains.
+    :param str method: ``"iw"`` (default) or ``"ais"``.
+    :param int num_steps: annealing steps, for ``method="ais"``.
     :returns: an :class:`EvidenceEstimate` in nats for the whole data set.
     """
     check_positive_int("num_samples", num_samples)
+    if method not in ("iw", "ais"):
+        raise ValueError(f"method must be 'iw' or 'ais'; got {method!r}")
+    if method == "ais":
+        program = dict(data_plate=data_plate, vectorize=vectorize)
+        inputs = checked_inputs(x, model_args, model_kwargs)
+        estimate = ais_log_evidence(
+            model,
+            guide,
+            inputs,
+            num_steps=num_steps,
+            num_chains=num_samples,
+            seed=seed,
+            program=program,
+        )
+        return EvidenceEstimate(
+            estimate.per_point.item(),
+            estimate.per_point_stderr.item(),
+            num_samples,
+            inputs.num_data,
+            estimate.ess.item(),
+            estimate.khat.item(),
+        )
     if chunk_size is not None:
         check_positive_int("chunk_size", chunk_size)
     with torch.no_grad(), seeded(seed), evaluation_mode(model, guide):
@@ -109,8 +141,8 @@ def log_evidence(
                 model, guide, inputs, size, info
             ):
                 log_weights.append(
-                    _total(model_trace, info, count, model=True)
-                    - _total(guide_trace, info, count, model=False)
+                    log_density_total(model_trace, info, count, _counted(model_trace, info))
+                    - log_density_total(guide_trace, info, count, _counted(guide_trace, info))
                 )
     log_weights = torch.cat(log_weights).double().unsqueeze(-1)  # (K, 1)
     ess, khat = weight_diagnostics(log_weights)
@@ -121,14 +153,10 @@ def log_evidence(
     )
 
 
-def _total(trace: Trace, info: ProgramInfo, count: int, model: bool) -> torch.Tensor:
-    """The summed log-density of a trace's sites per particle, over every plate: (count,)."""
-    rank = info.max_plate_nesting + 1
-    total = torch.zeros(count, dtype=torch.float64)
-    for name, site in sample_sites(trace):
-        if (not model and is_auxiliary(site)) or name in info.given_sites:
-            continue
-        log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
-        log_prob = log_prob.reshape((1,) * (rank - log_prob.dim()) + tuple(log_prob.shape))
-        total = total + log_prob.sum(tuple(range(1, rank))).double()
-    return total
+def _counted(trace: Trace, info: ProgramInfo) -> list[str]:
+    """The sites of a trace that enter the evidence: all but auxiliary and given ones."""
+    return [
+        name
+        for name, site in sample_sites(trace)
+        if not is_auxiliary(site) and name not in info.given_sites
+    ]

@@ -263,3 +263,73 @@ def test_global_latents_are_named_and_their_evidence_is_estimated_for_the_whole_
     broad = log_evidence(model, broad_guide, x, num_samples=20000, seed=0)
     assert abs(broad.value - truth.item()) < 4 * broad.stderr
     assert "whole data set" in broad.label
+
+
+def _global_and_local():
+    """mu ~ N(0, 1) shared, z_n ~ N(0, 1) per point, x_n ~ N(mu + z_n, 1): x ~ N(0, 2I + 11^T)."""
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], dtype=F64), 1.0))
+            pyro.sample("x", dist.Normal(mu + z, 1.0), obs=x)
+
+    def guide(x):
+        mu = pyro.sample("mu", dist.Normal(x.mean() / 2, 0.6))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal((x - mu) / 2, 0.8))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("method", ["iw", "ais"])
+def test_the_evidence_of_global_and_local_latents_matches_the_closed_form(method):
+    model, guide = _global_and_local()
+    x = torch.tensor([0.5, -1.0, 2.0, 1.5], dtype=F64)
+    covariance = 2 * torch.eye(4, dtype=F64) + torch.ones(4, 4, dtype=F64)
+    truth = dist.MultivariateNormal(torch.zeros(4, dtype=F64), covariance).log_prob(x).item()
+    samples = 4000 if method == "iw" else 16
+    estimate = log_evidence(
+        model, guide, x, num_samples=samples, method=method, num_steps=300, seed=0
+    )
+    assert abs(estimate.value - truth) < 4 * estimate.stderr + 1e-3
+    assert estimate.num_data == 4 and estimate.per_point == pytest.approx(estimate.value / 4)
+
+
+def test_estimates_run_in_eval_mode_and_leave_batchnorm_statistics_alone():
+    pair = _BatchNormPair()
+    x = torch.randint(0, 5, (30, 6)).float()
+    pair.train()
+    before = pair.encoder[1].running_mean.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VectorizationWarning)
+        iw_log_marginal(pair.model, pair.guide, x, num_samples=20, seed=0)
+        diagnose(pair.model, pair.guide, x, seed=0)
+    assert torch.equal(pair.encoder[1].running_mean, before)
+    assert pair.training and pair.encoder[1].training  # the caller's mode comes back
+
+
+def test_dtype_casts_the_modules_of_model_and_guide_methods_and_restores_them():
+    pair = _BatchNormPair()
+    x = torch.randint(0, 5, (30, 6)).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VectorizationWarning)
+        estimate = elbo(pair.model, pair.guide, x, num_particles=4, dtype=F64, seed=0)
+    assert estimate.per_point.dtype == F64
+    assert pair.decoder.weight.dtype == torch.float32  # cast back after the call
+
+
+def test_per_point_figures_given_fixed_globals_say_what_they_are_given():
+    model, _ = _global_and_local()
+    given = pyro.poutine.condition(model, data={"mu": torch.tensor(0.3, dtype=F64)})
+
+    def local_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal((x - 0.3) / 2, 0.5**0.5))  # the exact posterior
+
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=F64)
+    estimate = iw_log_marginal(given, local_guide, x, num_samples=10, seed=0)
+    assert estimate.given == ("mu",)
+    expected = dist.Normal(0.3, math.sqrt(2.0)).log_prob(x)  # log p(x_n given mu = 0.3)
+    torch.testing.assert_close(estimate.per_point, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(exact_log_marginal(given, x), expected, rtol=0, atol=1e-6)
