@@ -197,10 +197,9 @@ def _conditioned_runs(
 ) -> Iterator[tuple[Trace, int]]:
     """Traces of ``program`` conditioned on M particles of ``values``, with their counts."""
     num_points = next(iter(values.values())).shape[0]
-    conditioned = poutine.condition(program, data=values)
     if space.info.vectorized:
         with particle_plate(num_points, space.info):
-            yield trace_program(conditioned, inputs), num_points
+            yield trace_program(poutine.condition(program, data=values), inputs), num_points
         return
     for particle in range(num_points):
         one = {name: value[particle] for name, value in values.items()}

@@ -67,10 +67,8 @@ def _fit(args: argparse.Namespace) -> dict:
     if args.resume is not None:
         _take_run_options_from(args.resume, args)
     args.steps = _DEFAULT_STEPS if args.steps is None else args.steps
-    data = datasets.load(args.data, seed=args.seed)
+    data, model, guide = _built_pair(args)
     x = data.x
-    model = lookup("model", MODELS, args.model).build(x.shape[1], args.latent_dim)
-    guide = lookup("guide", GUIDES, args.guide).build(model, x.shape[0])
     result = None
     if args.steps > 0:
         result = fit(
@@ -160,12 +158,18 @@ def _frontier(args: argparse.Namespace) -> dict:
     return report
 
 
+def _built_pair(args: argparse.Namespace) -> tuple[datasets.Dataset, object, object]:
+    """The named data set, and a fresh model and guide of the named kinds for it."""
+    data = datasets.load(args.data, seed=args.seed)
+    model = lookup("model", MODELS, args.model).build(data.x.shape[1], args.latent_dim)
+    guide = lookup("guide", GUIDES, args.guide).build(model, data.x.shape[0])
+    return data, model, guide
+
+
 def _sandwich(args: argparse.Namespace) -> dict:
     """Train a built-in pair briefly, then BDMC on data simulated from it at several T."""
-    data = datasets.load(args.data, seed=args.seed)
+    data, model, guide = _built_pair(args)
     x = data.x
-    model = lookup("model", MODELS, args.model).build(x.shape[1], args.latent_dim)
-    guide = lookup("guide", GUIDES, args.guide).build(model, x.shape[0])
     if args.steps > 0:
         fit(
             model,
