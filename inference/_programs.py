@@ -1,8 +1,10 @@
 """What the estimators learn about a model or guide by running it: plates, sites, log-densities.
 
-Everything here relies on one convention only: every sample site of a model lies inside a
-vectorised ``pyro.plate("data", N)``. Latent and observed sites are told apart by the
-trace (``site["is_observed"]``), never by their names.
+Everything here relies on one convention only: the observed sites of a model lie inside a
+vectorised plate over the N data points (any name, sized or not: found from the trace).
+Latent and observed sites are told apart by the trace (``site["is_observed"]``), never by
+their names; particles are vectorised in one more plate where the programs allow it, and run
+one at a time where they do not.
 """
 
 from __future__ import annotations
@@ -133,9 +135,9 @@ def inspect_pair(
 ) -> ProgramInfo:
     """Run the guide, the model replayed against it, and learn the layout from the traces.
 
-    The data plate is the vectorised plate around every observed site whose size is N, the
-    number of rows of x (a plate declared without a size takes it from its sites, as Pyro
-    does); ``data_plate`` names it where that is ambiguous. Then
+    The data plate is the vectorised plate of size N (the rows of x) that holds observed
+    sites (a plate declared without a size takes it from its sites, as Pyro does);
+    ``data_plate`` names it where two qualify. Then
     :func:`check_guide_matches`, and :func:`check_vectorization` unless ``vectorize`` says.
 
     ``allow_enumerated`` lets the guide leave out discrete model sites with enumerate
@@ -145,23 +147,11 @@ def inspect_pair(
         latent site outside it (a global latent) unless ``allow_global``, a guide that does
         not match the model.
     """
-    # Inspection draws from a forked RNG: it leaves the caller's random stream as it was.
+    inputs = Inputs.of(inputs)
+    # The prior run and the vectorisation check draw from a forked RNG; the caller's stream
+    # gives one run of the guide, as it always has, so seeded results stay as they were.
     with torch.random.fork_rng(devices=[]):
-        return _inspect_pair(
-            model, guide, Inputs.of(inputs), data_plate, vectorize, allow_global, allow_enumerated
-        )
-
-
-def _inspect_pair(
-    model: Callable,
-    guide: Callable,
-    inputs: Inputs,
-    data_plate: str | None,
-    vectorize: bool | None,
-    allow_global: bool,
-    allow_enumerated: bool,
-) -> ProgramInfo:
-    prior_trace = trace_program(model, inputs)
+        prior_trace = trace_program(model, inputs)
     prior_info = _program_info(inputs, prior_trace, None, data_plate)
     guide_trace = trace_program(guide, inputs)
     # Checked before the replay, which would carry the guide's plate sizes into the model.
@@ -177,7 +167,8 @@ def _inspect_pair(
         )
     check_guide_matches(model_trace, guide_trace, info, allow_enumerated)
     if vectorize is None:
-        vectorize = check_vectorization(model, guide, inputs, info)
+        with torch.random.fork_rng(devices=[]):
+            vectorize = check_vectorization(model, guide, inputs, info)
     return replace(info, vectorized=bool(vectorize))
 
 

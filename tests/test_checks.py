@@ -152,3 +152,14 @@ def test_check_bounds_still_fails_a_mixture_guide_whose_density_is_wrong():
         check_bounds(
             mixture, _categorical_guide(posterior, log_prob_shift=-0.05), x, num_samples=(1, 10)
         )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_diagnose_gap_of_a_confident_correct_mixture_guide_is_not_negative(seed):
+    from inference import diagnose
+
+    mixture, posterior = _mixture_and_posterior()
+    x = mixture.sample(12)
+    for power in (1.0, 0.8):
+        gap = diagnose(mixture, _categorical_guide(posterior, power), x, seed=seed).gap
+        assert gap >= -1e-9  # KL(q || posterior) >= 0; the exact posterior gives 0

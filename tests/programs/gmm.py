@@ -69,7 +69,11 @@ def initialize(data: torch.Tensor, num_seeds: int) -> AutoDelta:
     _, seed = min(
         (elbo.loss(model, make_global_guide(data, seed), data), seed) for seed in range(num_seeds)
     )
-    return make_global_guide(data, seed)
+    # As the tutorial does: the chosen guide's parameters are set up by a loss evaluation
+    # right after seeding, so they are the ones that won, whatever trains it next.
+    guide = make_global_guide(data, seed)
+    elbo.loss(model, guide, data)
+    return guide
 
 
 def make_full_guide(global_guide: AutoDelta) -> Callable[[torch.Tensor], None]:
