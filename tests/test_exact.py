@@ -230,12 +230,24 @@ def _shifted(z, x):  # x ~ N(z, 0.5^2)
     return dist.Normal(z, 0.5).log_prob(x[:, 0])
 
 
+def _shifted_2d(z, x):  # x ~ N(z, 0.5^2 I)
+    return dist.Normal(z, 0.5).to_event(1).log_prob(x)
+
+
 HARD_POSTERIORS = {
     "symmetric modes, 1-D": (1, _squared, [[1.0], [2.25], [0.49]], None, 4.0),
     "symmetric modes, 2-D": (2, _squared_first, [[1.0, 0.3], [2.0, -1.0]], None, 4.0),
     "ring, 2-D": (2, _ring, [[2.0], [0.5], [3.5]], None, 6.0),
     "far from the prior": (1, _shifted, [[20.0], [0.0], [-7.0]], None, 25.0),
     "tilted": (1, _shifted, [[1.0], [30.0]], lambda z: 30.0 * z, 45.0),
+    "far from the prior, 2-D": (2, _shifted_2d, [[20.0, -15.0], [0.5, 1.0]], None, 25.0),
+    "tilted, 2-D": (
+        2,
+        _shifted_2d,
+        [[1.0, -2.0]],
+        lambda z: 30.0 * z[..., 0] - 20 * z[..., 1],
+        40.0,
+    ),
 }
 
 
