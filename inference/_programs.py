@@ -22,7 +22,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
-from inference._validate import check_data
+from inference._validate import check_data, check_seed
 
 DATA_PLATE = "data"
 PARTICLE_PLATE = "_lvm_particles"
@@ -587,8 +587,10 @@ def seeded(seed: int | None) -> Iterator[None]:
     """Run with torch's RNG seeded by ``seed``, restoring the caller's RNG state afterwards.
 
     ``seed=None`` draws from the caller's RNG as it stands.
+
+    :raises ValueError: for a seed that is not None or an integer in [0, 2**63 - 1].
     """
-    if seed is None:
+    if check_seed(seed) is None:
         yield
         return
     with torch.random.fork_rng(devices=[]):

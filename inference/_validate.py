@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -27,6 +29,38 @@ def check_data(x: object, name: str = "x", matrix: bool = False) -> torch.Tensor
 
 
 def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """An integer >= 1 (a NumPy integer too); never a bool, a float or a string."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    return int(value)
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes seeds up to this
+
+
+def check_seed(seed: object, name: str = "seed") -> int | None:
+    """None, or an integer in [0, 2**63 - 1] (torch's range)."""
+    if seed is None:
+        return None
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= seed <= MAX_SEED
+    ):
+        raise ValueError(f"{name} must be None or an integer in [0, 2**63 - 1]; got {seed!r}")
+    return int(seed)
+
+
+def check_per_point(name: str, value: object, num_data: int) -> torch.Tensor:
+    """A finite tensor of one value per data point, shape (N,)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape ({num_data},); got {type(value).__name__}"
+        )
+    if value.shape != (num_data,):
+        raise ValueError(
+            f"{name} must have shape ({num_data},), one value per point; got {tuple(value.shape)}"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or inf")
     return value

@@ -31,6 +31,7 @@ from inference._validate import check_positive_int
 _DEFAULT_CHUNK_BUDGET = 2**16
 _MIN_TAIL = 10  # PSIS needs at least this many tail weights to fit a Pareto shape
 _EQUAL_LOG_WEIGHTS = 1e-9  # log weights closer than this are equal up to rounding
+_ROUNDING = 8 * torch.finfo(torch.float32).eps  # relative round-off of a float32 log weight
 KHAT_THRESHOLD = 0.7  # PSIS: above it an importance-sampling estimate is unreliable
 
 
@@ -416,14 +417,20 @@ class _RunningLogMeanExp:
 def _khat_of_tail(top_log_weights: torch.Tensor) -> float:
     """k-hat from the largest log weights (descending; the last one is the cutoff).
 
-    Weights that are all equal (an exact proposal) have no tail at all: -inf.
+    Weights that are all equal (an exact proposal) have no tail at all: -inf. So do weights
+    equal up to the round-off of a float32 log-density (8 ulps of the largest, relative):
+    an exact proposal evaluated in float32 is still an exact proposal.
     """
-    shifted = top_log_weights - top_log_weights[0]
-    if shifted[-1].item() > -_EQUAL_LOG_WEIGHTS:
+    top = top_log_weights[0].item()
+    shifted = top_log_weights - top
+    if shifted[-1].item() > -max(_EQUAL_LOG_WEIGHTS, _ROUNDING * max(1.0, abs(top))):
         return -math.inf
     cutoff = max(math.log(1e-15), shifted[-1].item())
     tail = shifted[shifted > cutoff]
     if tail.numel() < _MIN_TAIL:
         return math.nan
-    k, _ = fit_generalized_pareto(tail.exp() - math.exp(cutoff))
+    exceedances = tail.exp() - math.exp(cutoff)
+    if not bool((exceedances > 0).any()):  # the tail sits on its cutoff: no shape to fit
+        return -math.inf
+    k, _ = fit_generalized_pareto(exceedances)
     return float(k)

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from inference._validate import check_positive_int
+from inference._programs import checked_inputs
+from inference._validate import check_per_point, check_positive_int
 from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
 from inference.bounds import ImportanceEstimate, elbo, iw_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
@@ -115,7 +116,9 @@ def compare(
     """
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}; got {reference!r}")
-    ks = sorted({check_positive_int("num_samples", int(k)) for k in num_samples})
+    if exact is not None:
+        check_per_point("exact", exact, checked_inputs(x).num_data)
+    ks = sorted({check_positive_int("num_samples", k) for k in num_samples})
     budget = 10 * ks[-1] if particles_per_row is None else particles_per_row
     check_positive_int("particles_per_row", budget)
     arguments = dict(model_args=model_args, model_kwargs=model_kwargs, data_plate=data_plate)

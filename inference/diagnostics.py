@@ -29,7 +29,7 @@ from inference._programs import (
     trace_program,
     with_particle_dim,
 )
-from inference._validate import check_positive_int
+from inference._validate import check_per_point, check_positive_int
 from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
 
@@ -120,11 +120,17 @@ def diagnose(
     check_positive_int("num_particles", num_particles)
     if reference not in (None, "ais"):
         raise ValueError(f"reference must be None or 'ais'; got {reference!r}")
-    if not rate_threshold > 0:
-        raise ValueError(f"rate_threshold must be > 0; got {rate_threshold!r}")
+    if (
+        isinstance(rate_threshold, bool)
+        or not isinstance(rate_threshold, (int, float))
+        or not rate_threshold > 0
+    ):
+        raise ValueError(f"rate_threshold must be a number > 0; got {rate_threshold!r}")
     program = dict(model_args=model_args, model_kwargs=model_kwargs, data_plate=data_plate)
     with torch.no_grad(), seeded(seed), evaluation_mode(model, guide):
         inputs, info = prepare_pair(model, guide, x, vectorize=vectorize, **program)
+        if exact is not None:
+            check_per_point("exact", exact, inputs.num_data)
         draws = _draws(model, guide, inputs, info, num_particles)
         mutual_info = _mutual_information(guide, inputs, info)
     rate, analytic, log_likelihood, log_prior_ratio, means = draws

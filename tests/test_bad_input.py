@@ -208,6 +208,48 @@ BAD_INPUTS = [
         "x must have num_data=5 rows; got 6",
     ),
     (
+        "a float seed in an estimator",
+        lambda: elbo(model(), guide(), X, seed=1.5),
+        ValueError,
+        r"seed must be None or an integer in \[0, 2\*\*63 - 1\]; got 1.5",
+    ),
+    (
+        "a string seed in an estimator",
+        lambda: iw_log_marginal(model(), guide(), X, num_samples=2, seed="3"),
+        ValueError,
+        "seed must be None or an integer",
+    ),
+    (
+        "a seed beyond torch's range",
+        lambda: elbo(model(), guide(), X, seed=2**63),
+        ValueError,
+        "seed must be None or an integer",
+    ),
+    (
+        "a fractional K in compare",
+        lambda: compare(model(), guide(), X, num_samples=(2.7,)),
+        ValueError,
+        "num_samples must be an integer >= 1; got 2.7",
+    ),
+    (
+        "an exact value per point of the wrong shape",
+        lambda: compare(model(), guide(), X, num_samples=(1,), exact=torch.zeros(3)),
+        ValueError,
+        r"exact must have shape \(6,\), one value per point; got \(3,\)",
+    ),
+    (
+        "an exact value with NaN",
+        lambda: diagnose(model(), guide(), X, exact=torch.full((6,), float("nan"))),
+        ValueError,
+        "exact contains NaN or inf",
+    ),
+    (
+        "a rate threshold given as a string",
+        lambda: diagnose(model(), guide(), X, rate_threshold="0.1"),
+        ValueError,
+        "rate_threshold must be a number > 0",
+    ),
+    (
         "a model without the data plate",
         lambda: elbo(no_plate_model, guide(), X),
         ValueError,

@@ -93,3 +93,17 @@ def test_an_unsupported_dtype_is_named():
     model = linear_gaussian(data_dim=4, latent_dim=2)
     with pytest.raises(ValueError, match="dtype must be None, torch.float32 or torch.float64"):
         elbo(model, PriorGuide(model), model.sample(3), dtype=torch.float16)
+
+
+def test_khat_of_an_exact_proposal_in_float32_is_minus_infinity_not_a_crash():
+    # Weights equal up to float32 round-off used to reach the Pareto fit and divide by zero.
+    from lvm_models import LinearGaussian
+
+    torch.manual_seed(0)
+    model = LinearGaussian(64, 16)
+    with torch.no_grad():
+        model.weight.normal_()
+    x = model.sample(100)
+    estimate = iw_log_marginal(model, ExactPosterior(model), x, num_samples=5000, seed=0)
+    assert bool((estimate.khat == -math.inf).all())
+    torch.testing.assert_close(estimate.per_point, model.log_marginal(x).to(estimate.per_point))
