@@ -1,9 +1,12 @@
 """Checkpoints of a training run: parameters, optimiser state, step and RNG states.
 
 A checkpoint is a plain dict of tensors, numbers and strings written with ``torch.save`` and read
-back with ``torch.load(..., weights_only=True)``, so loading one never runs code. Writes are
+back with ``torch.load(..., weights_only=True)``, so loading one never runs code. The state is
+serialised once into bytes and stored with their SHA-256: torch does not check its zip's CRCs,
+so a damaged file is refused by the checksum rather than loaded with altered numbers. Writes are
 atomic (a temporary file in the same folder, then ``os.replace``): an interrupted run leaves the
-previous checkpoint intact.
+previous checkpoint intact. The whole file is validated (every field, the RNG states) before a
+resume touches any state.
 
 Parameters are keyed by where they live, not by their param-store names (those carry a
 per-process instance counter): ``model.<name>`` / ``guide.<name>`` for the parameters of a model
@@ -13,6 +16,9 @@ parameters a plain function declares with ``pyro.param`` or ``pyro.module``.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import numbers
 import os
 import pickle
 import tempfile
@@ -24,7 +30,7 @@ import pyro
 import torch
 
 FORMAT = "lvm-suite fit checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -72,10 +78,17 @@ def parameter_keys(
 
 
 def save_checkpoint(path: str | Path, state: TrainingState) -> None:
-    """Write ``state`` to ``path`` atomically."""
+    """Write ``state`` to ``path`` atomically, with the SHA-256 of its serialised bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **state.__dict__}
+    body = io.BytesIO()
+    torch.save(dict(state.__dict__), body)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sha256": hashlib.sha256(body.getvalue()).hexdigest(),
+        "body": body.getvalue(),
+    }
     descriptor, temporary = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
     )
@@ -90,22 +103,38 @@ def save_checkpoint(path: str | Path, state: TrainingState) -> None:
             os.unlink(temporary)
 
 
-def load_checkpoint(path: str | Path) -> TrainingState:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+def check_checkpoint_path(path: object) -> Path:
+    """A path fit can write its checkpoint to, checked before the first step.
 
-    :raises CheckpointError: when the file is missing, unreadable or corrupt, or was not
-        written by lvm-suite's ``fit``.
+    :raises TypeError: for a path that is not a ``str`` or ``Path``.
+    :raises ValueError: for an empty path, a directory, a parent that is a file, or a folder
+        that cannot be written.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a str or Path; got {type(path).__name__}")
+    if str(path) == "":
+        raise ValueError("checkpoint must be a file path; got an empty string")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a directory; give a file path")
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r}: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"checkpoint {str(path)!r}: the folder {str(folder)!r} is not writable")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> TrainingState:
+    """Read a checkpoint written by :func:`save_checkpoint`, and check all of it.
+
+    :raises CheckpointError: when the file is missing, unreadable, damaged (checksum) or
+        incomplete, or was not written by lvm-suite's ``fit``.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or not a torch file: {first_line}"
-        ) from None
+    payload = _load_torch(path, path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a checkpoint written by lvm-suite's fit")
     if payload.get("version") != VERSION:
@@ -113,8 +142,69 @@ def load_checkpoint(path: str | Path) -> TrainingState:
             f"checkpoint {str(path)!r} has format version {payload.get('version')!r}; "
             f"this lvm-suite reads version {VERSION}"
         )
-    fields = {name: payload[name] for name in TrainingState.__dataclass_fields__}
-    return TrainingState(**fields)
+    body = payload.get("body")
+    if not isinstance(body, bytes) or hashlib.sha256(body).hexdigest() != payload.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is damaged: its contents do not match their checksum"
+        )
+    fields = _load_torch(io.BytesIO(body), path)
+    missing = [n for n in TrainingState.__dataclass_fields__ if n not in fields]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: no {missing}")
+    state = TrainingState(**{name: fields[name] for name in TrainingState.__dataclass_fields__})
+    _check_fields(state, path)
+    return state
+
+
+def _load_torch(source: Path | io.BytesIO, path: Path) -> object:
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or not a torch file: {first_line}"
+        ) from None
+
+
+def _check_fields(state: TrainingState, path: Path) -> None:
+    """Every field of the right kind, and RNG states a generator accepts."""
+    problems = []
+    if isinstance(state.step, bool) or not isinstance(state.step, int) or state.step < 0:
+        problems.append(f"step {state.step!r}")
+    for name in ("parameters", "optimizer", "logged", "options", "info"):
+        if not isinstance(getattr(state, name), dict):
+            problems.append(f"{name} is not a dict")
+    if not isinstance(state.losses, list) or len(state.losses) != state.step:
+        problems.append("losses do not match the step")
+    for name in ("rng_state", "batch_rng_state"):
+        value = getattr(state, name)
+        if value is None and name == "batch_rng_state":
+            continue
+        try:
+            torch.Generator().set_state(value)
+        except (TypeError, RuntimeError):
+            problems.append(f"{name} is not a torch RNG state")
+    if problems:
+        raise CheckpointError(f"checkpoint {str(path)!r} is invalid: {'; '.join(problems)}")
+
+
+def plain(value: object) -> object:
+    """Options, metadata and optimiser settings as plain Python values, which a weights-only
+    load accepts: NumPy scalars become numbers, paths strings, tensors stay, containers are
+    converted throughout."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (bool, str, torch.Tensor)) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):  # NumPy integers too (np.float64 is a float)
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return str(value)
 
 
 def check_same_parameters(state: TrainingState, live: dict[str, torch.Tensor]) -> None:
@@ -155,15 +245,15 @@ def capture_state(
     return TrainingState(
         step=step,
         parameters={key: param.detach().clone() for key, param in trained.items()},
-        optimizer={
-            by_name[name]: state for name, state in optimizer_state.items() if name in by_name
-        },
+        optimizer=plain(
+            {by_name[name]: state for name, state in optimizer_state.items() if name in by_name}
+        ),
         rng_state=torch.get_rng_state(),
         batch_rng_state=None if batch_generator is None else batch_generator.get_state(),
-        losses=list(losses),
-        logged={name: list(values) for name, values in logged.items()},
-        options=dict(options),
-        info=dict(info or {}),
+        losses=plain(list(losses)),
+        logged=plain({name: list(values) for name, values in logged.items()}),
+        options=plain(dict(options)),
+        info=plain(dict(info or {})),
     )
 
 
@@ -181,7 +271,7 @@ def restore_state(
     check_same_parameters(state, trained)
     differing = {
         name: {"checkpoint": state.options.get(name), "now": value}
-        for name, value in options.items()
+        for name, value in plain(options).items()
         if state.options.get(name) != value
     }
     if differing:

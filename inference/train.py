@@ -7,7 +7,9 @@ full-data loss and reported divided by N, so histories of data sets of any size 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable
@@ -39,6 +41,7 @@ from inference._programs import (
 from inference._validate import check_positive_int
 from inference.checkpoint import (
     capture_state,
+    check_checkpoint_path,
     load_checkpoint,
     parameter_keys,
     restore_state,
@@ -217,6 +220,8 @@ def fit(
         jit=jit,
         log_every=log_every,
     )
+    if checkpoint is not None:
+        check_checkpoint_path(checkpoint)
     if seed is not None:
         pyro.set_rng_seed(seed)
     with poutine.trace(param_only=True) as capture:
@@ -250,7 +255,7 @@ def fit(
         svi = SVI(*programs, optimizer, loss=_scaled_to_full_data(loss, num_data))
     batch_generator = _batch_generator(num_data, batch_size, seed)
     options = _resume_options(
-        x,
+        inputs,
         objective=objective,
         batch_size=batch_size,
         lr=lr,
@@ -258,6 +263,10 @@ def fit(
         beta=beta,
         kl_warmup_steps=kl_warmup_steps,
         free_bits=free_bits,
+        jit=jit,
+        enumerate=enumerated,
+        vectorized=info.vectorized,
+        optimizer=_optimizer_name(optimizer),
     )
     losses: list[float] = []
     logged: dict[str, list] = {name: [] for name in _LOGGED}
@@ -387,9 +396,28 @@ def _unconstrained_params(trace: Trace) -> list[torch.Tensor]:
     )
 
 
-def _resume_options(x: torch.Tensor, **training: object) -> dict[str, object]:
-    """What must not change between a run and its resumption (the data by shape and sum)."""
-    return {**training, "data_shape": list(x.shape), "data_sum": float(x.double().sum())}
+def _resume_options(inputs: Inputs, **training: object) -> dict[str, object]:
+    """What must not change between a run and its resumption: the options that change the
+    result, and the data (with the extra arguments) by shape and SHA-256 of their bytes."""
+    return {**training, "data_shape": list(inputs.x.shape), "data_sha256": _fingerprint(inputs)}
+
+
+def _fingerprint(inputs: Inputs) -> str:
+    """SHA-256 of the bytes of x and of every tensor among the extra arguments."""
+    digest = hashlib.sha256()
+    values = [inputs.x, *inputs.args, *(inputs.kwargs[k] for k in sorted(inputs.kwargs))]
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
+def _optimizer_name(optimizer: PyroOptim) -> str:
+    """The torch optimiser behind a ``PyroOptim`` (a run's state belongs to it)."""
+    constructor = getattr(optimizer, "pt_optim_constructor", None)
+    return getattr(constructor, "__name__", type(optimizer).__name__)
 
 
 def _check_options(
@@ -435,9 +463,8 @@ def _check_options(
         ("beta", beta, False),
         ("free_bits", free_bits, False),
     ):
-        if not (isinstance(value, (int, float)) and math.isfinite(value)) or (
-            value <= 0 if positive else value < 0
-        ):
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (real and math.isfinite(value)) or (value <= 0 if positive else value < 0):
             raise ValueError(
                 f"{name} must be a finite number {'> 0' if positive else '>= 0'}; got {value!r}"
             )

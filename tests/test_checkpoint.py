@@ -164,3 +164,132 @@ def test_a_run_interrupted_midway_resumes_from_the_command_line_to_the_same_resu
     assert final.step == expected.step == 800
     for key, value in expected.parameters.items():
         assert torch.equal(final.parameters[key], value), key
+
+
+# --- Integrity: a damaged, incomplete or mismatched checkpoint is refused, by name ---
+
+
+@pytest.fixture
+def saved_run(data, tmp_path):
+    model, guide = fresh_pair()
+    path = tmp_path / "run.pt"
+    fit(model, guide, data, steps=10, checkpoint=path, **TRAINING)
+    return path
+
+
+def test_every_flipped_byte_of_a_checkpoint_is_refused_or_harmless(saved_run):
+    original = saved_run.read_bytes()
+    state = load_checkpoint(saved_run)
+    positions = torch.linspace(0, len(original) - 1, 60).long().tolist()
+    for position in positions:
+        damaged = bytearray(original)
+        damaged[position] ^= 0xFF
+        saved_run.write_bytes(bytes(damaged))
+        try:
+            loaded = load_checkpoint(saved_run)
+        except CheckpointError:
+            continue
+        # A flip that leaves the file loadable must leave its contents exactly as they were.
+        assert loaded.step == state.step and loaded.losses == state.losses
+        for key, value in state.parameters.items():
+            assert torch.equal(loaded.parameters[key], value)
+
+
+def test_a_half_formed_checkpoint_is_refused_before_any_state_is_touched(tmp_path):
+    import hashlib
+    import io
+
+    from inference.checkpoint import FORMAT, VERSION
+
+    body = io.BytesIO()
+    torch.save({"step": 3}, body)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sha256": hashlib.sha256(body.getvalue()).hexdigest(),
+        "body": body.getvalue(),
+    }
+    torch.save(payload, tmp_path / "half.pt")
+    with pytest.raises(CheckpointError, match="incomplete: no .*'parameters'"):
+        load_checkpoint(tmp_path / "half.pt")
+
+
+def test_a_garbage_rng_state_is_refused(saved_run):
+    state = load_checkpoint(saved_run)
+    state.rng_state = torch.zeros(3, dtype=torch.uint8)
+    save_checkpoint(saved_run, state)
+    with pytest.raises(CheckpointError, match="rng_state is not a torch RNG state"):
+        load_checkpoint(saved_run)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda x: x.flip(0), "data_sha256"),  # the same rows, permuted: same shape and sum
+        (lambda x: x + torch.linspace(-1e-3, 1e-3, x.numel()).reshape(x.shape), "data_sha256"),
+    ],
+)
+def test_resuming_with_other_data_is_refused(data, saved_run, change, named):
+    model, guide = fresh_pair()
+    with pytest.raises(CheckpointError, match=named):
+        fit(model, guide, change(data), steps=20, resume=saved_run, **TRAINING)
+
+
+def test_resuming_with_another_optimizer_or_jit_is_refused(data, saved_run):
+    import pyro.optim
+
+    model, guide = fresh_pair()
+    with pytest.raises(CheckpointError, match="optimizer"):
+        fit(
+            model,
+            guide,
+            data,
+            steps=20,
+            resume=saved_run,
+            optimizer=pyro.optim.SGD({"lr": 0.01}),
+            **TRAINING,
+        )
+    model, guide = fresh_pair()
+    with pytest.raises(CheckpointError, match="jit"):
+        fit(model, guide, data, steps=20, resume=saved_run, jit=True, **TRAINING)
+
+
+def test_numpy_options_and_path_metadata_are_saved_as_plain_values_and_resume(data, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "run.pt"
+    options = {"lr": np.float64(0.01), "beta": np.float32(1.0), **TRAINING}
+    model, guide = fresh_pair()
+    fit(model, guide, data, steps=10, checkpoint=path, checkpoint_info={"out": path}, **options)
+    assert load_checkpoint(path).info == {"out": str(path)}
+    model, guide = fresh_pair()
+    fit(model, guide, data, steps=20, resume=path, **options)
+
+
+@pytest.mark.parametrize(
+    ("where", "error", "message"),
+    [
+        (lambda tmp: tmp, ValueError, "is a directory"),
+        (lambda tmp: tmp / "a_file" / "run.pt", ValueError, "is a file, not a folder"),
+        (lambda tmp: 123, TypeError, "checkpoint must be a str or Path; got int"),
+        (lambda tmp: "", ValueError, "empty string"),
+    ],
+)
+def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_training(
+    data, tmp_path, where, error, message
+):
+    (tmp_path / "a_file").write_text("not a folder")
+    steps = []
+    model, guide = fresh_pair()
+    with pytest.raises(error, match=message):
+        fit(
+            model,
+            guide,
+            data,
+            steps=5,
+            checkpoint=where(tmp_path),
+            callback=lambda step, *_: steps.append(step),
+            callback_every=1,
+            **TRAINING,
+        )
+    assert steps == []
