@@ -35,6 +35,18 @@ def check_positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def check_sample_sizes(num_samples: object) -> list[int]:
+    """A non-empty sequence of integers K >= 1, sorted and without repeats."""
+    if isinstance(num_samples, (str, bytes)) or not hasattr(num_samples, "__iter__"):
+        raise TypeError(
+            f"num_samples must be a sequence of integers K, e.g. (1, 10, 100); got {num_samples!r}"
+        )
+    ks = sorted({check_positive_int("num_samples", k) for k in num_samples})
+    if not ks:
+        raise ValueError("num_samples must name at least one K; got an empty sequence")
+    return ks
+
+
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes seeds up to this
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from inference._programs import Inputs, checked_inputs, sample_sites, trace_program
-from inference._validate import check_per_point, check_positive_int
+from inference._validate import check_per_point, check_positive_int, check_sample_sizes
 from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
 from inference.bounds import Estimate, _delta_method_stderr, elbo, iw_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
@@ -80,7 +80,7 @@ def check_bounds(
     inputs = checked_inputs(x, model_args, model_kwargs)
     arguments = dict(model_args=model_args, model_kwargs=model_kwargs, data_plate=data_plate)
     program = dict(arguments, vectorize=vectorize)
-    ks = sorted({check_positive_int("num_samples", k) for k in num_samples})
+    ks = check_sample_sizes(num_samples)
     check_positive_int("particles_per_row", particles_per_row)
     if not 0 < false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in (0, 1); got {false_alarm_rate!r}")

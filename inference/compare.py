@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from inference._programs import checked_inputs
-from inference._validate import check_per_point, check_positive_int
+from inference._validate import check_per_point, check_positive_int, check_sample_sizes
 from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
 from inference.bounds import ImportanceEstimate, elbo, iw_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
@@ -118,7 +118,7 @@ def compare(
         raise ValueError(f"reference must be one of {REFERENCES}; got {reference!r}")
     if exact is not None:
         check_per_point("exact", exact, checked_inputs(x).num_data)
-    ks = sorted({check_positive_int("num_samples", k) for k in num_samples})
+    ks = check_sample_sizes(num_samples)
     budget = 10 * ks[-1] if particles_per_row is None else particles_per_row
     check_positive_int("particles_per_row", budget)
     arguments = dict(model_args=model_args, model_kwargs=model_kwargs, data_plate=data_plate)

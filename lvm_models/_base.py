@@ -78,12 +78,12 @@ class LatentVariableModel(PyroModule):
 
     def checked_data(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (N, D) in the model's dtype, after checking it has D = ``data_dim`` columns
-        (and, for a model of binary data, only 0s and 1s) unless Pyro's validation is off.
+        (and, for a model of binary data, only 0s and 1s).
 
         :raises ValueError: naming the mismatch.
         """
-        if not dist.is_validation_enabled():  # pyro.validation_enabled(False): trusted data
-            return x.to(self._origin.dtype)
+        # Checked whatever Pyro's validation says: these are the library's checks of its
+        # arguments, not Pyro's distribution checks.
         if x.dim() != 2:
             raise ValueError(
                 f"x must be 2-D (N, D) for {type(self).__name__}; got shape {tuple(x.shape)}"

@@ -82,8 +82,8 @@ class LinearGaussian(LatentVariableModel):
                 f"noise_scale must be a scalar or have shape ({data_dim},); "
                 f"got {tuple(noise_scale.shape)}"
             )
-        if not bool((noise_scale > 0).all()):
-            raise ValueError("noise_scale must be positive (standard deviations)")
+        if not bool((noise_scale > 0).all() & torch.isfinite(noise_scale).all()):
+            raise ValueError("noise_scale must be positive and finite (standard deviations)")
         noise = "diagonal" if noise_scale.shape == (data_dim,) and data_dim > 1 else "isotropic"
         model = cls(data_dim, latent_dim, noise=noise).to(weight.dtype)
         with torch.no_grad():

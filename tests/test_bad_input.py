@@ -250,6 +250,38 @@ BAD_INPUTS = [
         "rate_threshold must be a number > 0",
     ),
     (
+        "a single K instead of a sequence",
+        lambda: compare(model(), guide(), X, num_samples=5),
+        TypeError,
+        r"num_samples must be a sequence of integers K",
+    ),
+    (
+        "no K at all",
+        lambda: compare(model(), guide(), X, num_samples=()),
+        ValueError,
+        "num_samples must name at least one K",
+    ),
+    (
+        "an infinite noise scale",
+        lambda: LinearGaussian.from_params(torch.ones(D, K), torch.zeros(D), float("inf")),
+        ValueError,
+        "noise_scale must be positive and finite",
+    ),
+    (
+        "wrong columns with Pyro's validation switched off",
+        lambda: _without_validation(lambda: elbo(model(), guide(), torch.randn(6, 1))),
+        ValueError,
+        "x has 1 columns but this LinearGaussian was built for data_dim=4",
+    ),
+    (
+        "non-binary data with Pyro's validation switched off",
+        lambda: _without_validation(
+            lambda: elbo(BernoulliVAE(D, K, hidden=(8,)), guide(), torch.full((6, D), 0.5))
+        ),
+        ValueError,
+        "x must be binary",
+    ),
+    (
         "a model without the data plate",
         lambda: elbo(no_plate_model, guide(), X),
         ValueError,
@@ -262,6 +294,11 @@ BAD_INPUTS = [
         r"the model has no vectorised pyro.plate of size N=",
     ),
 ]
+
+
+def _without_validation(call):
+    with pyro.validation_enabled(False):
+        return call()
 
 
 def estimate_with(guide_fn):
