@@ -242,14 +242,30 @@ def format_summary(results: list) -> str:
 
 
 def _take_run_options_from(path: Path, args: argparse.Namespace) -> None:
-    """Set the run's options from a checkpoint; an explicit --steps extends the run."""
+    """Set the run's options from a checkpoint; an explicit --steps extends the run, any
+    other flag given explicitly must agree with the checkpoint."""
     stored = load_checkpoint(path).info
     missing = [name for name in _RUN_OPTIONS if name not in stored]
     if missing:
         raise CheckpointError(f"{str(path)!r} was not written by `lvm fit` (no {missing} in it)")
     for name in _RUN_OPTIONS:
-        if name != "steps" or args.steps is None:
-            setattr(args, name, stored[name])
+        if name == "steps":
+            args.steps = stored["steps"] if args.steps is None else args.steps
+            continue
+        if name in args.explicit and getattr(args, name) != stored[name]:
+            flag = "--" + name.replace("_", "-")
+            raise CheckpointError(
+                f"{flag} {getattr(args, name)} differs from the checkpoint's {stored[name]!r}: "
+                "a resumed run keeps the options it started with (drop the flag, or start a "
+                "new run)"
+            )
+        setattr(args, name, stored[name])
+
+
+def _explicit_options(argv: list[str]) -> set[str]:
+    """The run options given on the command line (``--lr 0.5`` or ``--lr=0.5``), by dest."""
+    flags = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+    return {name for name in _RUN_OPTIONS if "--" + name.replace("_", "-") in flags}
 
 
 def _list(args: argparse.Namespace) -> dict:
@@ -423,12 +439,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="name the built-in data sets, models and guides")
     listing.add_argument("--json", type=Path, help="also write the lists as JSON to this file")
     listing.set_defaults(run=_list)
+    for command in commands.choices.values():
+        command.allow_abbrev = False  # a resumed run tells explicit flags by their full names
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.explicit = _explicit_options(sys.argv[1:] if argv is None else argv)
     torch.manual_seed(getattr(args, "seed", 0))
     try:
         report = args.run(args)

@@ -140,3 +140,14 @@ def test_compare_with_ais_reference_adds_an_ais_row(tmp_path):
     assert code == 0
     estimators = [row["estimator"] for row in json.loads(out.read_text())["comparison"]["rows"]]
     assert estimators == ["elbo", "iw", "iw", "ais", "exact"]
+
+
+def test_a_resumed_run_refuses_a_flag_that_differs_from_its_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run.pt"
+    common = ["fit", "--eval-points", "20", "--num-samples", "1", "--quiet"]
+    assert main([*common, "--steps", "10", "--lr", "0.01", "--checkpoint", str(run)]) == 0
+    capsys.readouterr()
+    assert main([*common, "--resume", str(run), "--steps", "20", "--lr", "0.5"]) == 2
+    assert "--lr 0.5 differs from the checkpoint's 0.01" in capsys.readouterr().err
+    # The same value, or no flag at all, resumes.
+    assert main([*common, "--resume", str(run), "--steps", "20", "--lr", "0.01"]) == 0
