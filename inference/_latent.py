@@ -121,10 +121,6 @@ class LatentSpace:
         ]
         return torch.cat(parts, dim=-1)
 
-    def flat_values(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Site values (M, 1.., N, 1.., *event) -> z (M, units, d), constrained."""
-        return torch.cat([self._per_unit(values[name]) for name in self.sites], dim=-1)
-
     def log_density(self, trace: Trace, count: int, names: Sequence[str]) -> torch.Tensor:
         """The named sites' log-densities per particle and unit: (count, units)."""
         if self.whole:

@@ -57,6 +57,8 @@ from inference.bounds import ImportanceEstimate, _delta_method_stderr, weight_di
 # their reference for log p(x) (reference="ais").
 AIS_STEPS = 1000
 AIS_CHAINS = 16
+NUM_LEAPFROG = 10  # leapfrog steps per HMC transition, by default
+TARGET_ACCEPT = 0.65  # the acceptance rate the pilot run adapts step sizes to, by default
 _SCHEDULE_SHARPNESS = 4.0  # delta of the sigmoidal schedule (Grosse et al., 2015)
 _INITIAL_STEP_SIZE = 0.1
 _ADAPTATION_GAIN = 1.0  # log step size moves by gain * (acceptance - target) per transition
@@ -125,8 +127,8 @@ def ais_log_marginal(
     num_steps: int,
     num_chains: int,
     seed: int | None = None,
-    num_leapfrog: int = 10,
-    target_accept: float = 0.65,
+    num_leapfrog: int = NUM_LEAPFROG,
+    target_accept: float = TARGET_ACCEPT,
     num_warmup_steps: int | None = None,
     progress: bool = False,
     model_args: tuple = (),
@@ -207,7 +209,7 @@ def ais_log_evidence(
     """AIS of the whole data set as one unit, every latent (global and local) in one chain
     state: ``per_point`` has one entry, log p(x_1..N). Used by :func:`inference.log_evidence`
     (``method="ais"``); continuous latents only."""
-    settings = _check_options(inputs.x, num_steps, num_chains, 10, 0.65, None)
+    settings = _check_options(inputs.x, num_steps, num_chains, NUM_LEAPFROG, TARGET_ACCEPT, None)
     with torch.no_grad(), seeded(seed), evaluation_mode(model, guide):
         path = _AnnealingPath(model, guide, inputs, program, whole=True)
         return _forward_ais(path, settings, progress)
@@ -235,8 +237,8 @@ def bdmc(
     num_chains: int,
     seed: int | None = None,
     simulate: bool = True,
-    num_leapfrog: int = 10,
-    target_accept: float = 0.65,
+    num_leapfrog: int = NUM_LEAPFROG,
+    target_accept: float = TARGET_ACCEPT,
     num_warmup_steps: int | None = None,
     num_posterior_transitions: int = 10,
     progress: bool = False,

@@ -136,12 +136,7 @@ def elbo(
             ("num_particles", num_particles),
             chunk_size,
             num_particles,
-            dict(
-                model_args=model_args,
-                model_kwargs=model_kwargs,
-                data_plate=data_plate,
-                vectorize=vectorize,
-            ),
+            _program_options(model_args, model_kwargs, data_plate, vectorize),
         )
         for size in _chunk_sizes(num_particles, chunk):
             moments.update(log_importance_weights(model, guide, inputs, size, info).double())
@@ -207,12 +202,7 @@ def iw_log_marginal(
             ("num_samples", num_samples),
             chunk_size,
             total,
-            dict(
-                model_args=model_args,
-                model_kwargs=model_kwargs,
-                data_plate=data_plate,
-                vectorize=vectorize,
-            ),
+            _program_options(model_args, model_kwargs, data_plate, vectorize),
         )
         plan = list(_replicate_plan(num_samples, num_replicates, chunk))
         for replicates_in_chunk, size in tqdm(plan, disable=not progress, desc="IW chunks"):
@@ -267,6 +257,15 @@ def _prepare(
     inputs, info = prepare_pair(model, guide, x, **program_options)
     chunk = chunk_size or _default_chunk_size(inputs.num_data)
     return inputs, info, min(chunk, total)
+
+
+def _program_options(
+    model_args: tuple, model_kwargs: dict | None, data_plate: str | None, vectorize: bool | None
+) -> dict:
+    """The options every estimator passes to :func:`prepare_pair`."""
+    return dict(
+        model_args=model_args, model_kwargs=model_kwargs, data_plate=data_plate, vectorize=vectorize
+    )
 
 
 def _default_chunk_size(num_data: int) -> int:
