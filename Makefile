@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check lvm_models guides inference tests benchmarks
+	$(BIN)/ruff check lvm_models guides inference tests benchmarks tools
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

@@ -10,18 +10,19 @@ import torch.nn.functional as F
 from pyro import distributions as dist
 from pyro.nn import PyroModule
 
-from lvm_models._base import check_columns, unique_pyro_name
-from lvm_models._nn import MIN_SCALE, mlp
+from lvm_models._base import check_columns, check_size, unique_pyro_name
+from lvm_models._nn import MIN_SCALE, check_hidden, mlp
 
 
 class _AmortizedGuide(PyroModule):
     """Samples the latent site inside ``pyro.plate("data", N)`` from ``distribution(x)``."""
 
     def __init__(self, data_dim: int, hidden: Sequence[int], num_outputs: int, site: str) -> None:
+        data_dim = check_size("data_dim", data_dim)
         super().__init__(name=unique_pyro_name(type(self).__name__))
         self.data_dim = data_dim
         self.site = site
-        self.encoder = mlp(data_dim, tuple(hidden), num_outputs)
+        self.encoder = mlp(data_dim, check_hidden(hidden), num_outputs)
         # Follows .to(dtype) / .double(); reading it costs no pyro.module statement.
         self.register_buffer("_origin", torch.zeros(()))
 
@@ -49,6 +50,7 @@ class AmortizedGaussian(_AmortizedGuide):
     def __init__(
         self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (64, 64), site: str = "z"
     ) -> None:
+        latent_dim = check_size("latent_dim", latent_dim)
         super().__init__(data_dim, hidden, 2 * latent_dim, site)
         self.latent_dim = latent_dim
 
@@ -70,6 +72,7 @@ class AmortizedCategorical(_AmortizedGuide):
     def __init__(
         self, data_dim: int, num_categories: int, hidden: Sequence[int] = (32,), site: str = "z"
     ) -> None:
+        num_categories = check_size("num_categories", num_categories)
         super().__init__(data_dim, hidden, num_categories, site)
         self.num_categories = num_categories
 

@@ -22,6 +22,8 @@ class PriorGuide(PyroModule):
     """
 
     def __init__(self, model: Callable) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be a callable Pyro model; got {type(model).__name__}")
         super().__init__(name=unique_pyro_name(type(self).__name__))
         # Held outside the module tree: the model owns its parameters, the guide only reads them.
         self._model = [model]

@@ -22,7 +22,15 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
+from inference._sites import (
+    check_distributions,
+    check_guide_draws,
+    check_parameters,
+    modules_of,
+    name_the_failure,
+)
 from inference._validate import check_data, check_seed
+from lvm_models._base import seed_32
 
 DATA_PLATE = "data"
 PARTICLE_PLATE = "_lvm_particles"
@@ -115,12 +123,31 @@ def trace_program(fn: Callable, inputs: Inputs | torch.Tensor) -> Trace:
     return poutine.trace(Inputs.of(inputs).run).get_trace(fn)
 
 
+def checked_trace(role: str, fn: Callable, inputs: Inputs, replay: Trace | None = None) -> Trace:
+    """:func:`trace_program` (replayed against ``replay`` where given), then the checks of
+    :mod:`inference._sites`; where the run raises inside the program, the cause is named where
+    it can be (:func:`~inference._sites.name_the_failure`)."""
+    program = fn if replay is None else poutine.replay(fn, trace=replay)
+
+    def run() -> Trace:
+        return trace_program(program, inputs)
+
+    try:
+        trace = run()
+    except (ValueError, RuntimeError) as error:
+        name_the_failure(role, fn, run, inputs.x, error)
+        raise
+    check_parameters(role, trace, modules_of(fn))
+    check_distributions(role, trace)
+    return trace
+
+
 def inspect_program(
     model: Callable, inputs: Inputs | torch.Tensor, data_plate: str | None = None
 ) -> ProgramInfo:
     """Run the model once and find its data plate and sites (see :func:`inspect_pair`)."""
     inputs = Inputs.of(inputs)
-    return _program_info(inputs, trace_program(model, inputs), None, data_plate)
+    return _program_info(inputs, checked_trace("model", model, inputs), None, data_plate)
 
 
 def inspect_pair(
@@ -151,12 +178,13 @@ def inspect_pair(
     # The prior run and the vectorisation check draw from a forked RNG; the caller's stream
     # gives one run of the guide, as it always has, so seeded results stay as they were.
     with torch.random.fork_rng(devices=[]):
-        prior_trace = trace_program(model, inputs)
+        prior_trace = checked_trace("model", model, inputs)
     prior_info = _program_info(inputs, prior_trace, None, data_plate)
-    guide_trace = trace_program(guide, inputs)
+    guide_trace = checked_trace("guide", guide, inputs)
     # Checked before the replay, which would carry the guide's plate sizes into the model.
     check_guide_matches(prior_trace, guide_trace, prior_info, allow_enumerated)
-    model_trace = trace_program(poutine.replay(model, trace=guide_trace), inputs)
+    check_guide_draws(prior_trace, guide_trace, prior_info.latent_sites)
+    model_trace = checked_trace("model", model, inputs, replay=guide_trace)
     info = _program_info(inputs, model_trace, guide_trace, prior_info.data_plate)
     if info.global_sites and not allow_global:
         raise ValueError(
@@ -594,7 +622,7 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
         return
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed_32(seed))
         yield
 
 
@@ -602,44 +630,59 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 @contextmanager
-def computed_in(dtype: torch.dtype | None, *programs: Callable) -> Iterator[None]:
-    """Run the block with every program that is a ``torch.nn.Module`` cast to ``dtype``.
+def computed_in(dtype: torch.dtype | None, inputs: Inputs, *programs: Callable) -> Iterator[Inputs]:
+    """Run the block with x and every floating tensor the programs compute with cast to
+    ``dtype``; yields the inputs to use (x cast).
 
-    ``Module.to`` converts parameters in place, so the param store and any optimiser keep the
-    same tensors; float32 -> float64 -> float32 is exact, so the modules come back unchanged.
+    What is cast: the parameters and buffers of the programs' modules, and what their param
+    sites read (the param store's tensors: networks registered with ``pyro.module`` in a plain
+    function). Each tensor's ``.data`` is swapped for a cast copy and the original put back
+    after, so the caller's tensors come back bit for bit (no float64 -> float32 -> float64
+    round trip) and usable for training even when the block ran under ``inference_mode``.
     None changes nothing.
     """
     if dtype is None:
-        yield
+        yield inputs
         return
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be None, torch.float32 or torch.float64; got {dtype!r}")
-    modules = modules_of(*programs)
-    originals = [_floating_dtype(module) for module in modules]
-    for module in modules:
-        module.to(dtype)
+    tensors = _floating_state(inputs, programs)
+    originals = [tensor.data for tensor in tensors]
     try:
-        yield
+        for tensor in tensors:
+            tensor.data = tensor.data.to(dtype)
+        yield inputs.with_x(inputs.x.to(dtype))
     finally:
-        for module, original in zip(modules, originals):
-            if original is not None:
-                module.to(original)
+        for tensor, original in zip(tensors, originals):
+            tensor.data = original
 
 
-def modules_of(*programs: Callable) -> list[torch.nn.Module]:
-    """The ``torch.nn.Module`` s behind model and guide: a program that is one, the object of
-    a bound method that is one, or the modules held as attributes of a bound method's plain
-    object (the pattern of Pyro's examples: ``model`` and ``guide`` methods of one class)."""
-    found: dict[int, torch.nn.Module] = {}
+def _floating_state(inputs: Inputs, programs: tuple[Callable, ...]) -> list[torch.Tensor]:
+    """The floating tensors behind the programs: their modules' parameters and buffers, and
+    the param-store tensors their param sites read (found by one run on the original x)."""
+    found: dict[int, torch.Tensor] = {}
+    for module in modules_of(*programs):
+        for tensor in [*module.parameters(), *module.buffers()]:
+            found[id(tensor)] = tensor
+    store = pyro.get_param_store()
     for program in programs:
-        owner = getattr(program, "__self__", program)
-        if isinstance(owner, torch.nn.Module):
-            found[id(owner)] = owner
-        elif hasattr(owner, "__dict__"):
-            for value in vars(owner).values():
-                if isinstance(value, torch.nn.Module):
-                    found[id(value)] = value
-    return list(found.values())
+        for name in _param_site_names(program, inputs):
+            if name in store:
+                tensor = store._params[name]  # the unconstrained tensor pyro.param reads
+                found[id(tensor)] = tensor
+    return [t for t in found.values() if t.is_floating_point()]
+
+
+def _param_site_names(program: Callable, inputs: Inputs) -> list[str]:
+    """Names of the param sites one run of ``program`` visits (none if it fails to run: the
+    estimator's own run then reports why)."""
+    tracer = poutine.trace(inputs.run)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        try:
+            trace = tracer.get_trace(program)
+        except Exception:  # noqa: BLE001
+            return []
+    return [name for name, site in trace.nodes.items() if site["type"] == "param"]
 
 
 @contextmanager

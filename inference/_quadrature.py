@@ -26,6 +26,7 @@ written by hand: Pyro has no quadrature.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -222,26 +223,41 @@ class _GridBox:
         return (2 * (intervals / 2).ceil() + 1).long()
 
 
+def _density_dtype(model: Callable, inputs: Inputs, space: LatentSpace) -> torch.dtype:
+    """The dtype grids run in: the wider of the latent's and the one the model computes the
+    density of its data in (float64 for float64 x and a float32 prior; float32 for a float32
+    network that casts float64 x to its own dtype). The sums run in float64 either way."""
+    with torch.random.fork_rng(devices=[]):  # the starts' prior draws stay as they were
+        trace = trace_program(model, inputs)
+    observed = [
+        site["fn"].log_prob(site["value"]).dtype
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and site["is_observed"]
+    ]
+    return functools.reduce(torch.promote_types, observed, space.dtype)
+
+
 class _Integrand:
     """log p(x, z(u)) + log |det dz/du| of a model at u (M, N, d), per (M, N)."""
 
-    def __init__(self, model: Callable, inputs: Inputs, space: LatentSpace):
+    def __init__(
+        self, model: Callable, inputs: Inputs, space: LatentSpace, dtype: torch.dtype | None = None
+    ):
         self.model, self.inputs, self.space = model, inputs, space
+        self.dtype = dtype or _density_dtype(model, inputs, space)
 
     @property
     def dim(self) -> int:
         return self.space.dim
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """Grids and sums run in the wider of the latent's and the data's dtypes."""
-        return torch.promote_types(self.space.dtype, self.inputs.x.dtype)
-
     def subset(self, indices: torch.Tensor) -> _Integrand:
         if indices.numel() == self.inputs.num_data:
             return self
         return _Integrand(
-            self.model, self.inputs.subset(indices), self.space.subset(indices.numel())
+            self.model,
+            self.inputs.subset(indices),
+            self.space.subset(indices.numel()),
+            self.dtype,
         )
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numbers
+import os
+from pathlib import Path
 
 import torch
+
+from lvm_models._base import MAX_SEED, check_seed  # noqa: F401 - one definition, re-exported
 
 
 def check_data(x: object, name: str = "x", matrix: bool = False) -> torch.Tensor:
@@ -13,6 +17,10 @@ def check_data(x: object, name: str = "x", matrix: bool = False) -> torch.Tensor
     if not isinstance(x, torch.Tensor):
         shape = "(N, D)" if matrix else "(N, ...)"
         raise TypeError(f"{name} must be a torch.Tensor of shape {shape}; got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor; got layout {x.layout} (use .to_dense())")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds shapes but no values")
     if matrix and x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (N, D); got shape {tuple(x.shape)}")
     if x.dim() == 0:
@@ -47,20 +55,24 @@ def check_sample_sizes(num_samples: object) -> list[int]:
     return ks
 
 
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes seeds up to this
-
-
-def check_seed(seed: object, name: str = "seed") -> int | None:
-    """None, or an integer in [0, 2**63 - 1] (torch's range)."""
-    if seed is None:
-        return None
-    if (
-        isinstance(seed, bool)
-        or not isinstance(seed, numbers.Integral)
-        or not 0 <= seed <= MAX_SEED
-    ):
-        raise ValueError(f"{name} must be None or an integer in [0, 2**63 - 1]; got {seed!r}")
-    return int(seed)
+def check_finite_result(
+    name: str, per_point: torch.Tensor, x: torch.Tensor, error: type[ValueError] = ValueError
+) -> torch.Tensor:
+    """An estimate per point must be finite: -inf or NaN from finite data means the densities
+    overflowed (or the model gives the data no density at all), never a number to report."""
+    bad = ~torch.isfinite(per_point)
+    if not bool(bad.any()):
+        return per_point
+    points = bad.nonzero().flatten()[:5].tolist()
+    values = per_point[bad][:3].tolist()
+    scale = x.abs().max().item()
+    hint = (
+        f"x reaches {scale:.3g}, whose squares overflow {x.dtype}: compute in float64 "
+        "(dtype=torch.float64, or a float64 model and x)"
+        if x.dtype != torch.float64 and scale**2 > torch.finfo(x.dtype).max
+        else "the model gives these points no finite density under the draws made"
+    )
+    raise error(f"{name} is {values} at point(s) {points}: {hint}")
 
 
 def check_per_point(name: str, value: object, num_data: int) -> torch.Tensor:
@@ -76,3 +88,32 @@ def check_per_point(name: str, value: object, num_data: int) -> torch.Tensor:
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} contains NaN or inf")
     return value
+
+
+def check_output_path(name: str, path: object, *, folder: bool = False) -> Path:
+    """A path the results (a file, or with ``folder=True`` a folder) can be written to, checked
+    before any work: not empty, not a directory where a file is wanted, and the nearest
+    existing folder on its way is a folder that may be written in. Missing folders are fine:
+    they are created when the results are written.
+
+    :raises TypeError: for a path that is not a ``str`` or ``Path``.
+    :raises ValueError: naming ``name``, the path and what is wrong with it.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or Path; got {type(path).__name__}")
+    if str(path) == "":
+        raise ValueError(f"{name} must be a {'folder' if folder else 'file'} path; got ''")
+    path = Path(path)
+    shown = f"{name} {str(path)!r}"
+    if not folder and path.is_dir():
+        raise ValueError(f"{shown} is a directory; give a file path")
+    if not folder and path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{shown} is not writable")
+    start = path if folder else path.parent
+    existing = next((p for p in [start, *start.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        where = "" if existing == path else f": {str(existing)!r}"
+        raise ValueError(f"{shown}{where} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{shown}: the folder {str(existing)!r} is not writable")
+    return path

@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 
 from inference._programs import (
     Inputs,
-    ProgramInfo,
+    checked_inputs,
     computed_in,
     evaluation_mode,
+    inspect_pair,
     log_importance_weights,
-    prepare_pair,
     seeded,
 )
-from inference._validate import check_positive_int
+from inference._progress import CostNotice
+from inference._validate import check_finite_result, check_positive_int
 
 # Particles x data points evaluated at once when ``chunk_size`` is not given.
 _DEFAULT_CHUNK_BUDGET = 2**16
@@ -121,25 +122,23 @@ def elbo(
         None (default) vectorises where that gives the same numbers as one at a time.
     :returns: an :class:`Estimate` in nats, ``per_point`` of shape (N,).
     """
+    inputs, chunk = _checked_call(
+        x, ("num_particles", num_particles), chunk_size, num_particles, model_args, model_kwargs
+    )
     moments = _RunningMoments()
     with (
         torch.no_grad(),
         seeded(seed),
-        computed_in(dtype, model, guide),
+        computed_in(dtype, inputs, model, guide) as inputs,
         evaluation_mode(model, guide),
     ):
-        x = x if dtype is None else x.to(dtype)
-        inputs, info, chunk = _prepare(
-            model,
-            guide,
-            x,
-            ("num_particles", num_particles),
-            chunk_size,
-            num_particles,
-            _program_options(model_args, model_kwargs, data_plate, vectorize),
-        )
-        for size in _chunk_sizes(num_particles, chunk):
+        info = inspect_pair(model, guide, inputs, data_plate=data_plate, vectorize=vectorize)
+        sizes = list(_chunk_sizes(num_particles, chunk))
+        notice = CostNotice("elbo", len(sizes), shown=False)
+        for size in sizes:
             moments.update(log_importance_weights(model, guide, inputs, size, info).double())
+            notice.step()
+    check_finite_result("the ELBO", moments.mean, inputs.x)
     return Estimate(moments.mean, moments.stderr, num_particles, given=info.given_sites)
 
 
@@ -185,30 +184,27 @@ def iw_log_marginal(
         of shape (N,).
     """
     check_positive_int("num_replicates", num_replicates)
-    total = num_samples * num_replicates
+    total = check_positive_int("num_samples", num_samples) * num_replicates
+    inputs, chunk = _checked_call(
+        x, ("num_samples", num_samples), chunk_size, total, model_args, model_kwargs
+    )
     pooled = _RunningLogMeanExp(tail_size=_psis_tail_size(total))
     replicates = _RunningMoments()
     with (
         torch.no_grad(),
         seeded(seed),
-        computed_in(dtype, model, guide),
+        computed_in(dtype, inputs, model, guide) as inputs,
         evaluation_mode(model, guide),
     ):
-        x = x if dtype is None else x.to(dtype)
-        inputs, info, chunk = _prepare(
-            model,
-            guide,
-            x,
-            ("num_samples", num_samples),
-            chunk_size,
-            total,
-            _program_options(model_args, model_kwargs, data_plate, vectorize),
-        )
+        info = inspect_pair(model, guide, inputs, data_plate=data_plate, vectorize=vectorize)
         plan = list(_replicate_plan(num_samples, num_replicates, chunk))
+        notice = CostNotice("iw_log_marginal", len(plan), shown=progress)
         for replicates_in_chunk, size in tqdm(plan, disable=not progress, desc="IW chunks"):
             log_weights = log_importance_weights(model, guide, inputs, size, info).double()
             pooled.update(log_weights)
             replicates.feed(log_weights, replicates_in_chunk, num_samples)
+            notice.step()
+    check_finite_result("the IW estimate", pooled.log_mean_exp(), inputs.x)
     if num_replicates == 1:
         return replace(_one_replicate_estimate(pooled, num_samples), given=info.given_sites)
     return ImportanceEstimate(
@@ -240,32 +236,23 @@ def weight_diagnostics(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return running.ess(), running.khat()
 
 
-def _prepare(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
+def _checked_call(
+    x: object,
     count: tuple[str, int],
     chunk_size: int | None,
     total: int,
-    program_options: dict,
-) -> tuple[Inputs, ProgramInfo, int]:
-    """Validate the arguments, inspect the pair, choose the chunk size (at most ``total``)."""
+    model_args: tuple,
+    model_kwargs: dict | None,
+) -> tuple[Inputs, int]:
+    """Check the arguments before any work: the inputs, and the chunk size (at most ``total``
+    particles; by default about 2^16 particle-points)."""
     count_name, num_particles = count
     check_positive_int(count_name, num_particles)
     if chunk_size is not None:
         check_positive_int("chunk_size", chunk_size)
-    inputs, info = prepare_pair(model, guide, x, **program_options)
+    inputs = checked_inputs(x, model_args, model_kwargs)
     chunk = chunk_size or _default_chunk_size(inputs.num_data)
-    return inputs, info, min(chunk, total)
-
-
-def _program_options(
-    model_args: tuple, model_kwargs: dict | None, data_plate: str | None, vectorize: bool | None
-) -> dict:
-    """The options every estimator passes to :func:`prepare_pair`."""
-    return dict(
-        model_args=model_args, model_kwargs=model_kwargs, data_plate=data_plate, vectorize=vectorize
-    )
+    return inputs, min(chunk, total)
 
 
 def _default_chunk_size(num_data: int) -> int:

@@ -29,6 +29,8 @@ from pathlib import Path
 import pyro
 import torch
 
+from inference._validate import check_output_path
+
 FORMAT = "lvm-suite fit checkpoint"
 VERSION = 2
 
@@ -104,25 +106,9 @@ def save_checkpoint(path: str | Path, state: TrainingState) -> None:
 
 
 def check_checkpoint_path(path: object) -> Path:
-    """A path fit can write its checkpoint to, checked before the first step.
-
-    :raises TypeError: for a path that is not a ``str`` or ``Path``.
-    :raises ValueError: for an empty path, a directory, a parent that is a file, or a folder
-        that cannot be written.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a str or Path; got {type(path).__name__}")
-    if str(path) == "":
-        raise ValueError("checkpoint must be a file path; got an empty string")
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint {str(path)!r} is a directory; give a file path")
-    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    if not folder.is_dir():
-        raise ValueError(f"checkpoint {str(path)!r}: {str(folder)!r} is a file, not a folder")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"checkpoint {str(path)!r}: the folder {str(folder)!r} is not writable")
-    return path
+    """A path fit can write its checkpoint to, checked before the first step
+    (:func:`~inference._validate.check_output_path`)."""
+    return check_output_path("checkpoint", path)
 
 
 def load_checkpoint(path: str | Path) -> TrainingState:

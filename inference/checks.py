@@ -9,7 +9,12 @@ from dataclasses import dataclass
 import torch
 
 from inference._programs import Inputs, checked_inputs, sample_sites, trace_program
-from inference._validate import check_per_point, check_positive_int, check_sample_sizes
+from inference._validate import (
+    check_per_point,
+    check_positive_int,
+    check_sample_sizes,
+    check_seed,
+)
 from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
 from inference.bounds import Estimate, _delta_method_stderr, elbo, iw_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
@@ -44,7 +49,7 @@ def check_bounds(
     reference: str | None = None,
     ais_steps: int = AIS_STEPS,
     ais_chains: int = AIS_CHAINS,
-    seed: int = 0,
+    seed: int | None = 0,
     model_args: tuple = (),
     model_kwargs: dict | None = None,
     data_plate: str | None = None,
@@ -88,6 +93,8 @@ def check_bounds(
         raise ValueError(f"reference must be None or 'ais'; got {reference!r}")
     if exact is not None:
         check_per_point("exact", exact, inputs.num_data)
+    if check_seed(seed) is None:  # one draw from the caller's RNG seeds every estimate below
+        seed = int(torch.randint(2**62, ()))
     if exact is None:
         try:
             exact = exact_log_marginal(model, x, **arguments)
@@ -95,7 +102,9 @@ def check_bounds(
             exact = None
     bound = elbo(model, guide, x, num_particles=particles_per_row, seed=seed, **program)
     iw = {
-        k: _iw_with_robust_stderr(model, guide, x, k, particles_per_row, seed + k, program)
+        k: _iw_with_robust_stderr(
+            model, guide, x, k, particles_per_row, (seed + k) % 2**63, program
+        )
         for k in ks
     }
     rows = [("ELBO", bound)] + [(f"IW_{k}", iw[k]) for k in ks]

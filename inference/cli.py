@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from inference import plots
-from inference.checkpoint import CheckpointError, load_checkpoint
+from inference._validate import MAX_SEED, check_output_path
+from inference.checkpoint import CheckpointError, check_checkpoint_path, load_checkpoint
 from inference.compare import compare
 from inference.diagnostics import diagnose
 from inference.exact import exact_log_marginal
@@ -305,14 +306,24 @@ def _integer_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed torch takes, an integer in [0, 2**63 - 1]."""
+    expected = "must be an integer in [0, 2**63 - 1]"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{expected}; got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{expected}; got {value}")
+    return value
+
+
 def _add_data_options(parser: argparse.ArgumentParser, default_data: str) -> None:
     parser.add_argument("--data", default=default_data, help="a data set (see `lvm list`)")
     parser.add_argument(
         "--latent-dim", type=_integer_at_least(1), default=2, help="k (components for mixtures)"
     )
-    parser.add_argument(
-        "--seed", type=_integer_at_least(0), default=0, help="seeds data, training and estimates"
-    )
+    parser.add_argument("--seed", type=_seed, default=0, help="seeds data, training and estimates")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
 
 
@@ -393,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--quick", action="store_true", help=quick_help)
         command.add_argument("--out", type=Path, default=Path("results"), help="output folder")
         command.add_argument(
-            "--seed", type=_integer_at_least(0), default=0, help="seeds data, training, estimates"
+            "--seed", type=_seed, default=0, help="seeds data, training, estimates"
         )
         command.add_argument("--quiet", action="store_true", help="no progress bars")
         command.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -448,22 +459,43 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit = _explicit_options(sys.argv[1:] if argv is None else argv)
-    torch.manual_seed(getattr(args, "seed", 0))
     try:
+        _check_outputs(args)
+        torch.manual_seed(getattr(args, "seed", 0))
         report = args.run(args)
-    except (ValueError, TypeError) as error:
+        if args.json is not None:
+            _write_json(args.json, report)
+    except (ValueError, TypeError, OSError) as error:
         # One line: Pyro appends the trace's shapes to errors raised inside a model.
-        print(f"lvm {args.command}: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        message = (str(error).splitlines() or [type(error).__name__])[0]
+        print(f"lvm {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         saved = getattr(args, "checkpoint", None) or getattr(args, "resume", None)
         kept = f"; the last checkpoint in {saved} is intact" if saved else ""
         print(f"lvm {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, the output paths that could not be written at the end."""
+    if args.json is not None:
+        check_output_path("--json", args.json)
+    if getattr(args, "out", None) is not None:
+        check_output_path("--out", args.out, folder=True)
+    if getattr(args, "checkpoint", None) is not None:
+        check_checkpoint_path(args.checkpoint)
+
+
+def _write_json(path: Path, report: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+    except OSError as error:
+        # A full disk or a folder that changed during the run: one line, not a traceback.
+        message = f"--json {str(path)!r}: could not write it: {error.strerror or error}"
+        raise OSError(message) from error
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from inference._programs import (
     trace_program,
     with_particle_dim,
 )
-from inference._validate import check_per_point, check_positive_int
+from inference._validate import check_finite_result, check_per_point, check_positive_int
 from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
 from inference.exact import NoExactValueError, exact_log_marginal
 
@@ -134,6 +134,8 @@ def diagnose(
         draws = _draws(model, guide, inputs, info, num_particles)
         mutual_info = _mutual_information(guide, inputs, info)
     rate, analytic, log_likelihood, log_prior_ratio, means = draws
+    check_finite_result("E_q log p(x given z)", log_likelihood.mean(0), inputs.x)
+    check_finite_result("the rate", torch.tensor([rate]), inputs.x)
     exact_mean = None
     if with_exact:
         with contextlib.suppress(NoExactValueError):

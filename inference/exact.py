@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 
@@ -22,6 +21,8 @@ from inference._programs import (
     vectorization_problem,
 )
 from inference._quadrature import certified_quadrature
+from inference._sites import check_parameters, modules_of
+from inference._validate import check_finite_result
 from lvm_models import GaussianMixture, LinearGaussian, NoExactValueError
 
 MAX_QUADRATURE_DIM = 2
@@ -61,25 +62,15 @@ def exact_log_marginal(
     :raises NoExactValueError: naming why each route failed.
     """
     inputs = checked_inputs(x, model_args, model_kwargs)
-    return _finite(_exact_log_marginal(model, inputs, data_plate))
-
-
-def _finite(log_marginal: torch.Tensor) -> torch.Tensor:
-    """log p(x) may be -inf (zero density in floating point), never NaN or +inf."""
-    bad = torch.isnan(log_marginal) | (log_marginal == math.inf)
-    if bool(bad.any()):
-        points = bad.nonzero().flatten()[:5].tolist()
-        raise NoExactValueError(
-            f"log p(x) came out NaN or +inf at points {points}: the model's density overflows "
-            "there in its floating-point type"
-        )
-    return log_marginal
+    log_marginal = _exact_log_marginal(model, inputs, data_plate)
+    return check_finite_result("log p(x)", log_marginal, inputs.x, NoExactValueError)
 
 
 def _exact_log_marginal(model: Callable, inputs: Inputs, data_plate: str | None) -> torch.Tensor:
     # The quadrature starts its search from prior draws: a fixed seed keeps it deterministic.
     with torch.no_grad(), seeded(0), evaluation_mode(model):
         if type(model) in _CLOSED_FORM_TYPES and not inputs.args and not inputs.kwargs:
+            check_parameters("model", None, modules_of(model))
             return model.log_marginal(inputs.x)
         claimed = getattr(model, "log_marginal", None)
         try:

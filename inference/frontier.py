@@ -11,13 +11,15 @@ models.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
 from inference._programs import seeded
-from inference._validate import check_data, check_positive_int
+from inference._validate import check_data, check_positive_int, check_seed
 from inference.bounds import iw_log_marginal
 from inference.diagnostics import diagnose
 from inference.train import fit
@@ -99,16 +101,40 @@ def rate_distortion(
     IW estimate of log p(x) with K = ``num_samples`` and its standard error, and the exact log
     p(x) where :func:`~inference.exact_log_marginal` has a route.
 
+    Every argument is checked before anything is built or trained (``fit_options`` by
+    :func:`~inference.fit`, before its first step).
+
+    :param make_model: a function of no arguments that builds a fresh model.
+    :param make_guide: a function of the model that builds a fresh guide for it.
     :param data: (N, D) training data.
-    :param betas: the KL weights, each > 0 (``fit`` accepts 0, but the point is a sweep).
+    :param betas: the KL weights, each finite and > 0 (``fit`` accepts 0, but the point is a
+        sweep).
+    :param eval_points: how many rows of ``data`` to evaluate on, in [1, N]; None: all N.
     :returns: a :class:`RateDistortion`, one row per beta in the order given.
     """
+    _check_factory("make_model", make_model, "a fresh model, e.g. lambda: GaussianVAE(2, 2)")
+    _check_factory(
+        "make_guide",
+        make_guide,
+        "a fresh guide from the model, e.g. lambda model: AmortizedGaussian(2, 2)",
+    )
     check_data(data, "data")
     check_positive_int("steps", steps)
     check_positive_int("num_samples", num_samples)
-    if not betas or any(not (isinstance(b, (int, float)) and b > 0) for b in betas):
-        raise ValueError(f"betas must be a non-empty sequence of numbers > 0; got {betas!r}")
-    x_eval = data[: eval_points or data.shape[0]]
+    seed = check_seed(seed)
+    betas = _checked_betas(betas)
+    num_data = data.shape[0]
+    if eval_points is not None and (
+        isinstance(eval_points, bool)
+        or not isinstance(eval_points, numbers.Integral)
+        or not 1 <= eval_points <= num_data
+    ):
+        raise ValueError(
+            f"eval_points must be None or an integer in [1, N={num_data}]; got {eval_points!r}"
+        )
+    if "beta" in fit_options:
+        raise TypeError("rate_distortion takes its KL weights from betas; drop beta=")
+    x_eval = data[: num_data if eval_points is None else int(eval_points)]
     rows = []
     for beta in betas:
         with seeded(0 if seed is None else seed):
@@ -119,13 +145,38 @@ def rate_distortion(
             guide,
             data,
             steps=steps,
-            beta=float(beta),
+            beta=beta,
             seed=seed,
             progress=progress,
             **fit_options,
         )
-        rows.append(_frontier_row(float(beta), model, guide, x_eval, num_samples, seed))
+        rows.append(_frontier_row(beta, model, guide, x_eval, num_samples, seed))
     return RateDistortion(tuple(rows), x_eval.shape[0], num_samples)
+
+
+def _check_factory(name: str, factory: object, builds: str) -> None:
+    # A model or guide is callable too (it runs its program), so it is refused by its type.
+    if isinstance(factory, torch.nn.Module) or not callable(factory):
+        kind = type(factory).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        got = f"{article} {kind} instance" if callable(factory) else kind
+        raise TypeError(f"{name} must be a callable that builds {builds}; got {got}")
+
+
+def _checked_betas(betas: object) -> tuple[float, ...]:
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable):
+        raise TypeError(
+            f"betas must be a sequence of numbers > 0, e.g. (0.5, 1.0, 2.0); got {betas!r}"
+        )
+    betas = tuple(betas)
+    if not betas or not all(_is_positive_finite(beta) for beta in betas):
+        raise ValueError(f"betas must be a non-empty sequence of finite numbers > 0; got {betas!r}")
+    return tuple(float(beta) for beta in betas)
+
+
+def _is_positive_finite(value: object) -> bool:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return real and 0 < value < math.inf
 
 
 def _frontier_row(beta, model, guide, x, num_samples, seed) -> FrontierRow:
@@ -182,7 +233,17 @@ def linear_beta_optimum(
     :param noise_scale: sigma, the fixed noise standard deviation.
     :param beta: the KL weight, > 0.
     """
-    x = x.double()
+    x = check_data(x, matrix=True).double()
+    data_dim = x.shape[1]
+    if (
+        isinstance(latent_dim, bool)
+        or not isinstance(latent_dim, numbers.Integral)
+        or not 1 <= latent_dim <= data_dim
+    ):
+        raise ValueError(f"latent_dim must be an integer in [1, D={data_dim}]; got {latent_dim!r}")
+    for name, value in (("noise_scale", noise_scale), ("beta", beta)):
+        if not _is_positive_finite(value):
+            raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
     centered = x - x.mean(0)
     eigenvalues = torch.linalg.eigvalsh(centered.T @ centered / x.shape[0]).flip(0)  # descending
     shrunk = eigenvalues[:latent_dim] - beta * noise_scale**2

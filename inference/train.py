@@ -10,12 +10,14 @@ import contextlib
 import hashlib
 import math
 import numbers
+import random
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -38,7 +40,7 @@ from inference._programs import (
     seeded,
     site_log_prob_per_point,
 )
-from inference._validate import check_positive_int
+from inference._validate import check_positive_int, check_seed
 from inference.checkpoint import (
     capture_state,
     check_checkpoint_path,
@@ -49,6 +51,7 @@ from inference.checkpoint import (
 )
 from inference.diagnostics import rate_and_distortion_of
 from inference.optim import MultiTensorAdam
+from lvm_models._base import seed_32
 
 OBJECTIVES = ("elbo", "iwae")
 _LOGGED = ("logged_steps", "beta", "rate", "distortion")  # what History records every log_every
@@ -223,7 +226,7 @@ def fit(
     if checkpoint is not None:
         check_checkpoint_path(checkpoint)
     if seed is not None:
-        pyro.set_rng_seed(seed)
+        _seed_everything(seed)
     with poutine.trace(param_only=True) as capture:
         info = inspect_pair(
             model,
@@ -449,11 +452,11 @@ def _check_options(
         check_positive_int(name, value)
     for name, value, lowest in (
         ("batch_size", batch_size, 1),
-        ("seed", seed, 0),
         ("checkpoint_every", checkpoint_every, 0),
     ):
         if value is not None and not _is_int_at_least(value, lowest):
             raise ValueError(f"{name} must be None or an integer >= {lowest}; got {value!r}")
+    check_seed(seed)
     if batch_size is not None and batch_size > num_data:
         raise ValueError(f"batch_size must be at most N={num_data}; got {batch_size}")
     if not _is_int_at_least(kl_warmup_steps, 0):
@@ -481,6 +484,15 @@ def _check_options(
 
 def _is_int_at_least(value: object, lowest: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
+
+
+def _seed_everything(seed: int) -> None:
+    """``pyro.set_rng_seed`` for every seed in [0, 2**63 - 1]: seeds of 2**32 and above are
+    hashed to the 32 bits torch's and NumPy's generators use (:func:`seed_32`)."""
+    seed = seed_32(seed)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def _batch_generator(

@@ -10,7 +10,9 @@ once.
 from __future__ import annotations
 
 import itertools
+import numbers
 
+import numpy as np
 import pyro
 import torch
 from pyro import distributions as dist
@@ -45,8 +47,8 @@ class LatentVariableModel(PyroModule):
     binary_data = False
 
     def __init__(self, data_dim: int, latent_dim: int) -> None:
-        _check_positive_int("data_dim", data_dim)
-        _check_positive_int("latent_dim", latent_dim)
+        data_dim = check_size("data_dim", data_dim)
+        latent_dim = check_size("latent_dim", latent_dim)
         super().__init__(name=unique_pyro_name(type(self).__name__))
         self.data_dim = data_dim
         self.latent_dim = latent_dim
@@ -99,8 +101,7 @@ class LatentVariableModel(PyroModule):
     @torch.no_grad()
     def sample(self, num_data: int) -> torch.Tensor:
         """Draw ``num_data`` points from p(x): a tensor of shape (num_data, D)."""
-        _check_positive_int("num_data", num_data)
-        return self(num_data=num_data)
+        return self(num_data=check_size("num_data", num_data))
 
     def _zeros(self, *shape: int) -> torch.Tensor:
         return self._origin.new_zeros(shape)
@@ -115,6 +116,37 @@ def check_columns(x: torch.Tensor, data_dim: int, owner: object) -> None:
         )
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def check_size(name: str, value: object) -> int:
+    """A size (a dimension, a count of components, points or categories): an integer >= 1,
+    returned as a Python ``int``. NumPy integers are integers; bools and floats are not.
+
+    :raises ValueError: naming ``name``, what it must be and what came.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes seeds up to this
+
+
+def check_seed(seed: object, name: str = "seed") -> int | None:
+    """None, or an integer in [0, 2**63 - 1] (torch's range)."""
+    if seed is None:
+        return None
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= seed <= MAX_SEED
+    ):
+        raise ValueError(f"{name} must be None or an integer in [0, 2**63 - 1]; got {seed!r}")
+    return int(seed)
+
+
+def seed_32(seed: int) -> int:
+    """The 32-bit seed torch's CPU generator (and NumPy's) really uses: ``seed`` itself below
+    2**32, a hash of it above, so seeds that differ only above bit 32 (which torch would
+    truncate to the same stream) still give different streams."""
+    if seed < 2**32:
+        return seed
+    return int(np.random.SeedSequence(seed).generate_state(1)[0])

@@ -18,6 +18,7 @@ from pyro.distributions import constraints
 from torch import nn
 
 from lvm_models._base import LatentVariableModel
+from lvm_models._nn import check_hidden
 
 
 class AutoregressiveVAE(LatentVariableModel):
@@ -44,11 +45,9 @@ class AutoregressiveVAE(LatentVariableModel):
 
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (256,)) -> None:
         super().__init__(data_dim, latent_dim)
-        if not hidden or any(width < 1 for width in hidden):
-            # Without a hidden unit z would reach no logit.
-            raise ValueError(f"hidden must be one or more positive widths; got {hidden!r}")
-        self.hidden = tuple(hidden)
-        self.decoder = ConditionalMADE(data_dim, latent_dim, self.hidden)
+        # Without a hidden unit z would reach no logit.
+        self.hidden = check_hidden(hidden, allow_empty=False)
+        self.decoder = ConditionalMADE(self.data_dim, self.latent_dim, self.hidden)
 
     def likelihood(self, z: torch.Tensor) -> AutoregressiveBernoulli:
         return AutoregressiveBernoulli(self.decoder, z)

@@ -17,6 +17,8 @@ Usage::
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,8 @@ from torch.distributions import (
     MultivariateNormal,
     Normal,
 )
+
+from lvm_models._base import check_seed, seed_32
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
@@ -69,13 +73,24 @@ class Dataset:
 
 
 def _check_at_least(name: str, value: float, minimum: float) -> None:
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    """``value >= minimum``; an integer where ``minimum`` is one (a count, not a bool)."""
+    if isinstance(minimum, int):
+        integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not integral or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    elif not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= minimum):
+        raise ValueError(f"{name} must be a finite number >= {minimum}; got {value!r}")
+
+
+def _data_seed(seed: object) -> int:
+    """A data set's seed: an integer in [0, 2**63 - 1], as 32 bits (:func:`seed_32`)."""
+    if seed is None:
+        raise ValueError("seed must be an integer in [0, 2**63 - 1] for a data set; got None")
+    return seed_32(check_seed(seed))
 
 
 def _generator(seed: int) -> torch.Generator:
-    _check_at_least("seed", seed, 0)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(_data_seed(seed))
 
 
 def _uniform(
@@ -214,8 +229,7 @@ def two_moons(num_data: int = 2000, noise: float = 0.1, seed: int = 0) -> Datase
     """
     _check_at_least("num_data", num_data, 2)
     _check_at_least("noise", noise, 0.0)
-    _check_at_least("seed", seed, 0)
-    points, _ = make_moons(n_samples=num_data, noise=noise, random_state=seed)
+    points, _ = make_moons(n_samples=num_data, noise=noise, random_state=_data_seed(seed))
     x = torch.from_numpy(points)
     x = (x - x.mean(0)) / x.std(0, correction=0)
     return Dataset(

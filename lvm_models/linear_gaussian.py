@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from pyro import distributions as dist
 from pyro.distributions import constraints
@@ -43,17 +46,23 @@ class LinearGaussian(LatentVariableModel):
         super().__init__(data_dim, latent_dim)
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {NOISE_KINDS}; got {noise!r}")
-        if fixed_noise is not None and not fixed_noise > 0:
-            raise ValueError(f"fixed_noise must be a positive float or None; got {fixed_noise!r}")
+        if fixed_noise is not None and (
+            isinstance(fixed_noise, bool)
+            or not isinstance(fixed_noise, numbers.Real)
+            or not 0 < fixed_noise < math.inf
+        ):
+            raise ValueError(
+                f"fixed_noise must be a positive finite float or None; got {fixed_noise!r}"
+            )
         self.noise = noise
-        self.fixed_noise = fixed_noise
-        self.weight = nn.Parameter(0.1 * torch.randn(data_dim, latent_dim))
-        self.bias = nn.Parameter(torch.zeros(data_dim))
-        noise_shape = data_dim if noise == "diagonal" else 1
+        self.fixed_noise = None if fixed_noise is None else float(fixed_noise)
+        self.weight = nn.Parameter(0.1 * torch.randn(self.data_dim, self.latent_dim))
+        self.bias = nn.Parameter(torch.zeros(self.data_dim))
+        noise_shape = self.data_dim if noise == "diagonal" else 1
         if fixed_noise is None:
             self.free_noise_scale = PyroParam(torch.ones(noise_shape), constraints.positive)
         else:
-            self.register_buffer("fixed_noise_scale", torch.full((noise_shape,), fixed_noise))
+            self.register_buffer("fixed_noise_scale", torch.full((noise_shape,), self.fixed_noise))
 
     @classmethod
     def from_params(

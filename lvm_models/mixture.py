@@ -8,7 +8,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import nn
 
-from lvm_models._base import LatentVariableModel
+from lvm_models._base import LatentVariableModel, check_size
 
 
 class GaussianMixture(LatentVariableModel):
@@ -24,11 +24,12 @@ class GaussianMixture(LatentVariableModel):
     """
 
     def __init__(self, data_dim: int, num_components: int) -> None:
+        num_components = check_size("num_components", num_components)
         super().__init__(data_dim, num_components)
         self.num_components = num_components
         self.logits = nn.Parameter(torch.zeros(num_components))
-        self.means = nn.Parameter(torch.randn(num_components, data_dim))
-        self.scales = PyroParam(torch.ones(num_components, data_dim), constraints.positive)
+        self.means = nn.Parameter(torch.randn(num_components, self.data_dim))
+        self.scales = PyroParam(torch.ones(num_components, self.data_dim), constraints.positive)
 
     @classmethod
     def from_params(

@@ -15,8 +15,8 @@ from pyro import distributions as dist
 from pyro.distributions import constraints
 from pyro.nn import PyroParam
 
-from lvm_models._base import LatentVariableModel
-from lvm_models._nn import MIN_SCALE, mlp, output_layer
+from lvm_models._base import LatentVariableModel, check_size
+from lvm_models._nn import MIN_SCALE, check_hidden, mlp, output_layer
 
 COVARIANCE_KINDS = ("diagonal", "full")
 
@@ -26,8 +26,8 @@ class _MLPDecoderModel(LatentVariableModel):
 
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int], num_outputs: int):
         super().__init__(data_dim, latent_dim)
-        self.hidden = tuple(hidden)
-        self.decoder = mlp(latent_dim, self.hidden, num_outputs)
+        self.hidden = check_hidden(hidden)
+        self.decoder = mlp(self.latent_dim, self.hidden, num_outputs)
 
     @torch.no_grad()
     def ignore_latent(self) -> None:
@@ -68,6 +68,9 @@ class GaussianVAE(_MLPDecoderModel):
     ) -> None:
         if covariance not in COVARIANCE_KINDS:
             raise ValueError(f"covariance must be one of {COVARIANCE_KINDS}; got {covariance!r}")
+        if not isinstance(cholesky_from_z, bool):
+            raise TypeError(f"cholesky_from_z must be True or False; got {cholesky_from_z!r}")
+        data_dim = check_size("data_dim", data_dim)  # sizes the decoder's output below
         cholesky_from_z = covariance == "full" and cholesky_from_z
         num_tril = data_dim * (data_dim + 1) // 2
         scale_outputs = {"diagonal": data_dim, "full": num_tril if cholesky_from_z else 0}

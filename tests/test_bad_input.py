@@ -50,6 +50,51 @@ def guide_with_another_plate_size(x):
         pyro.sample("z", dist.Normal(torch.zeros(K), 1.0).to_event(1))
 
 
+def guide_of(loc: float = 0.0, scale: float = 1.0, width: int = K, dtype=torch.float32):
+    """A guide for :func:`model` with a fixed Normal, to be given bad numbers."""
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            loc_ = torch.full((width,), loc, dtype=dtype)
+            pyro.sample(
+                "z", dist.Normal(loc_, torch.full((width,), scale, dtype=dtype)).to_event(1)
+            )
+
+    return guide
+
+
+def one_latent_model(prior: dist.Distribution):
+    """A model whose latent ``z`` (one per point) has the given prior (a constrained one)."""
+
+    def model_fn(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", prior)
+            loc = z.reshape(x.shape[0], -1).sum(-1, keepdim=True).expand(-1, D)
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    return model_fn
+
+
+class NetworkGuide:
+    """The pattern of Pyro's examples: a network held by an object whose method is the guide;
+    the network does not cast its input."""
+
+    def __init__(self) -> None:
+        self.net = torch.nn.Linear(D, 2 * K)
+
+    def guide(self, x):
+        pyro.module("net", self.net)
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = self.net(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def with_nan_parameter(module: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        next(module.parameters()).fill_(float("nan"))
+    return module
+
+
 def estimate(x: torch.Tensor, **options):
     return iw_log_marginal(model(), guide(), x, **({"num_samples": 2} | options))
 
@@ -293,7 +338,146 @@ BAD_INPUTS = [
         ValueError,
         r"the model has no vectorised pyro.plate of size N=",
     ),
+    (
+        "sparse data",
+        lambda: estimate(X.to_sparse()),
+        TypeError,
+        "x must be a dense tensor; got layout torch.sparse_coo",
+    ),
+    (
+        "data on the meta device",
+        lambda: estimate(X.to("meta")),
+        ValueError,
+        "x is on the meta device, which holds shapes but no values",
+    ),
+    (
+        "num_samples=None",
+        lambda: estimate(X, num_samples=None),
+        ValueError,
+        "num_samples must be an integer >= 1; got None",
+    ),
+    (
+        "num_samples as a string",
+        lambda: estimate(X, num_samples="10"),
+        ValueError,
+        "num_samples must be an integer >= 1; got '10'",
+    ),
+    (
+        "num_replicates=0",
+        lambda: estimate(X, num_replicates=0),
+        ValueError,
+        "num_replicates must be an integer >= 1; got 0",
+    ),
+    (
+        "a guide whose scale is zero",
+        lambda: elbo(model(), guide_of(scale=0.0), X),
+        ValueError,
+        r"the guide's site 'z': parameter 'scale' of Normal must satisfy GreaterThan",
+    ),
+    (
+        "a guide whose scale is negative, Pyro's validation off",
+        lambda: _without_validation(lambda: estimate_with(guide_of(scale=-1.0))),
+        ValueError,
+        r"the guide's site 'z': parameter 'scale' of Normal must satisfy GreaterThan",
+    ),
+    (
+        "a guide whose mean is NaN, Pyro's validation off",
+        lambda: _without_validation(lambda: elbo(model(), guide_of(loc=float("nan")), X)),
+        ValueError,
+        r"the guide's site 'z': parameter 'loc' of Normal must satisfy Real\(\); got .*nan",
+    ),
+    (
+        "a guide whose draws have the wrong shape",
+        lambda: estimate_with(guide_of(width=K + 1)),
+        ValueError,
+        r"the guide's site 'z' draws values of shape \(6, 3\); the model's site 'z' has shape "
+        r"\(6, 2\)",
+    ),
+    (
+        "a float32 guide for a float64 model",
+        lambda: elbo(model().double(), guide_of(), X.double()),
+        ValueError,
+        "the guide's site 'z' draws torch.float32 values; the model's site is torch.float64",
+    ),
+    (
+        "float64 data for a float32 guide network",
+        lambda: elbo(model().double(), NetworkGuide().guide, X.double()),
+        ValueError,
+        r"x is torch.float64 but the guide's parameters are \['torch.float32'\]",
+    ),
+    (
+        "a model parameter with NaN",
+        lambda: estimate_with_model(with_nan_parameter(model())),
+        ValueError,
+        r"the model's parameter '.*weight' contains NaN or inf",
+    ),
+    (
+        "a model parameter with NaN, exact",
+        lambda: exact_log_marginal(with_nan_parameter(model()), X),
+        ValueError,
+        r"the model's parameter 'LinearGaussian.weight' contains NaN or inf",
+    ),
+    (
+        "a guide parameter with NaN",
+        lambda: elbo(model(), with_nan_parameter(guide()), X),
+        ValueError,
+        r"the guide's parameter '.*weight' contains NaN or inf",
+    ),
+    (
+        "a Normal guide for a Gamma latent",
+        lambda: estimate_with_model(
+            one_latent_model(dist.Gamma(torch.full((1,), 2.0), 1.0).to_event(1)), guide_of(width=1)
+        ),
+        ValueError,
+        r"the guide's site 'z' draws outside the model's support: the model's Gamma has support "
+        r"GreaterThanEq\(lower_bound=0.0\), the guide's Normal has support Real\(\)",
+    ),
+    (
+        "a Gamma guide for a Beta latent",
+        lambda: estimate_with_model(
+            one_latent_model(dist.Beta(2.0, 2.0)), _gamma_guide, num_samples=64
+        ),
+        ValueError,
+        r"the model's Beta has support Interval\(lower_bound=0.0, upper_bound=1.0\), the "
+        r"guide's Gamma",
+    ),
+    (
+        "a Normal guide for a Dirichlet latent",
+        lambda: estimate_with_model(
+            one_latent_model(dist.Dirichlet(torch.ones(3))), guide_of(width=3)
+        ),
+        ValueError,
+        r"the model's Dirichlet has support Simplex\(\), the guide's Normal has support Real",
+    ),
+    (
+        "data of 1e30 overflowing float32, exact",
+        lambda: exact_log_marginal(model(), torch.full((2, D), 1e30)),
+        ValueError,
+        r"log p\(x\) is \[-inf, -inf\] at point\(s\) \[0, 1\]: x reaches 1e\+30, whose "
+        r"squares overflow torch.float32",
+    ),
+    (
+        "data of 3e19 overflowing float32, IW",
+        lambda: estimate(torch.full((2, D), 3e19)),
+        ValueError,
+        r"the IW estimate is .* x reaches 3e\+19, whose squares overflow torch.float32",
+    ),
+    (
+        "data of 3e19 overflowing float32, ELBO",
+        lambda: elbo(model(), guide(), torch.full((2, D), 3e19)),
+        ValueError,
+        r"the ELBO is .* compute in float64",
+    ),
 ]
+
+
+def _gamma_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Gamma(2.0, 1.0))
+
+
+def estimate_with_model(model_fn, guide_fn=None, num_samples: int = 2):
+    return iw_log_marginal(model_fn, guide_fn or guide(), X, num_samples=num_samples, seed=0)
 
 
 def _without_validation(call):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -210,3 +211,17 @@ def _iw_bias(estimate: Estimate) -> float:
     standard error of one K-sample estimate is se = sd(w_bar) / p(x), so the bias is se^2 / 2.
     """
     return 0.5 * estimate.per_point_stderr.pow(2).mean().item()
+
+
+def test_a_long_estimate_without_a_progress_bar_says_what_it_will_cost(monkeypatch):
+    from inference import _progress
+
+    monkeypatch.setattr(_progress, "NOTICE_SECONDS", 0.0)  # every job counts as long
+    model = GaussianVAE(3, 2, hidden=(4,))
+    x = torch.randn(4, 3)
+    guide = AmortizedGaussian(3, 2, hidden=(4,))
+    with pytest.warns(_progress.CostWarning, match=r"iw_log_marginal will take about .*4 chunks"):
+        iw_log_marginal(model, guide, x, num_samples=8, chunk_size=2, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", _progress.CostWarning)  # a progress bar says enough
+        iw_log_marginal(model, guide, x, num_samples=8, chunk_size=2, seed=0, progress=True)

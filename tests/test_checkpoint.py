@@ -272,7 +272,7 @@ def test_numpy_options_and_path_metadata_are_saved_as_plain_values_and_resume(da
         (lambda tmp: tmp, ValueError, "is a directory"),
         (lambda tmp: tmp / "a_file" / "run.pt", ValueError, "is a file, not a folder"),
         (lambda tmp: 123, TypeError, "checkpoint must be a str or Path; got int"),
-        (lambda tmp: "", ValueError, "empty string"),
+        (lambda tmp: "", ValueError, "checkpoint must be a file path"),
     ],
 )
 def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_training(

@@ -163,3 +163,13 @@ def test_diagnose_gap_of_a_confident_correct_mixture_guide_is_not_negative(seed)
     for power in (1.0, 0.8):
         gap = diagnose(mixture, _categorical_guide(posterior, power), x, seed=seed).gap
         assert gap >= -1e-9  # KL(q || posterior) >= 0; the exact posterior gives 0
+
+
+def test_check_bounds_with_seed_none_draws_from_the_callers_rng():
+    model = linear_gaussian()
+    x = model.sample(4)
+    torch.manual_seed(0)
+    first = check_bounds(model, PriorGuide(model), x, num_samples=(1, 4), seed=None)
+    torch.manual_seed(0)
+    again = check_bounds(model, PriorGuide(model), x, num_samples=(1, 4), seed=None)
+    assert torch.equal(first.elbo.per_point, again.elbo.per_point)

@@ -102,12 +102,12 @@ def test_loader_leaves_global_numpy_rng_unchanged(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["independent-gaussian", "gaussian-mixture", "two-moons"])
 def test_loader_rejects_zero_num_data(name: str) -> None:
-    with pytest.raises(ValueError, match="num_data must be >= "):
+    with pytest.raises(ValueError, match="num_data must be an integer >= "):
         load(name, num_data=0)
 
 
 def test_loader_rejects_negative_seed() -> None:
-    with pytest.raises(ValueError, match="seed must be >= 0"):
+    with pytest.raises(ValueError, match=r"seed must be None or an integer in \[0, 2\*\*63 - 1\]"):
         independent_gaussian(seed=-1)
 
 

@@ -107,3 +107,67 @@ def test_khat_of_an_exact_proposal_in_float32_is_minus_infinity_not_a_crash():
     estimate = iw_log_marginal(model, ExactPosterior(model), x, num_samples=5000, seed=0)
     assert bool((estimate.khat == -math.inf).all())
     torch.testing.assert_close(estimate.per_point, model.log_marginal(x).to(estimate.per_point))
+
+
+def test_dtype_option_gives_the_callers_tensors_back_bit_for_bit():
+    # float64 -> float32 -> float64 would round a float64 buffer; the originals are put back.
+    from lvm_models import GaussianVAE
+
+    torch.manual_seed(0)
+    model, guide = GaussianVAE(3, 2, hidden=(4,)).double(), AmortizedGaussian(3, 2).double()
+    model.register_buffer("fine", torch.tensor(1.0 + 1e-12, dtype=torch.float64))
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    parameters = list(model.parameters())
+    elbo(model, guide, torch.randn(4, 3, dtype=torch.float64), dtype=torch.float32, seed=0)
+    for name, tensor in model.state_dict().items():
+        assert tensor.dtype == before[name].dtype and torch.equal(tensor, before[name]), name
+    assert all(a is b for a, b in zip(parameters, model.parameters()))
+
+
+def test_dtype_option_under_inference_mode_leaves_the_modules_trainable():
+    from inference import fit
+    from lvm_models import GaussianVAE
+
+    torch.manual_seed(0)
+    model, guide = GaussianVAE(3, 2, hidden=(4,)), AmortizedGaussian(3, 2, hidden=(4,))
+    x = torch.randn(8, 3)
+    with torch.inference_mode():
+        elbo(model, guide, x, dtype=torch.float64, seed=0)
+    assert not any(p.is_inference() for p in [*model.parameters(), *guide.parameters()])
+    losses = fit(model, guide, x, steps=3, seed=0, progress=False).history.losses
+    assert all(math.isfinite(loss) for loss in losses)
+
+
+def test_dtype_option_casts_networks_registered_with_pyro_module_in_a_plain_function():
+    torch.manual_seed(0)
+    decoder, encoder = torch.nn.Linear(2, 3), torch.nn.Linear(3, 4)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = encoder(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    pyro.clear_param_store()
+    x = torch.randn(5, 3)
+    low = elbo(model, guide, x, num_particles=4000, seed=0)
+    high = elbo(model, guide, x, num_particles=4000, seed=0, dtype=torch.float64)
+    assert high.per_point.dtype == torch.float64 and decoder.weight.dtype == torch.float32
+    # Different draws in the two dtypes: equal within the two standard errors.
+    assert bool(((low.per_point - high.per_point).abs() <= 4 * (low.stderr + high.stderr)).all())
+
+
+def test_data_overflowing_float32_gets_a_finite_value_in_float64():
+    from lvm_models import LinearGaussian
+
+    model = LinearGaussian(4, 2)
+    guide = AmortizedGaussian(4, 2, hidden=(4,))
+    x = torch.full((2, 4), 3e19)
+    estimate = iw_log_marginal(model, guide, x, num_samples=4, seed=0, dtype=torch.float64)
+    assert bool(torch.isfinite(estimate.per_point).all())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,3 +24,15 @@ def test_readme_snippet_runs(snippet, tmp_path):
     script = tmp_path / "snippet.py"
     script.write_text(snippet)
     runpy.run_path(str(script), run_name="readme")
+
+
+def test_the_bad_input_table_in_docs_is_what_the_rows_give():
+    # Run in a fresh process, as the table was written: the rows' figures and names match.
+    root = README.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "tools" / "bad_input_table.py"), "--check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr

@@ -365,3 +365,19 @@ def test_a_continuous_guide_for_a_discrete_latent_is_named():
         ValueError, match="'z' is discrete in the model but continuous in the guide"
     ):
         fit(model, guide, x, steps=1, progress=False)
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**40, 2**63 - 1])
+def test_fit_takes_every_seed_torch_takes_and_large_seeds_are_not_aliased(seed):
+    from lvm_models import GaussianVAE
+
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+
+    def losses(seed: int) -> tuple:
+        torch.manual_seed(1)
+        model, guide = GaussianVAE(3, 2, hidden=(4,)), AmortizedGaussian(3, 2, hidden=(4,))
+        return fit(model, guide, x, steps=3, seed=seed, progress=False).history.losses
+
+    assert losses(seed) == losses(seed)
+    # torch's CPU generator keeps only 32 bits: seed 2**32 would replay seed 0's stream.
+    assert losses(seed) != losses(seed % 2**32)
