@@ -21,6 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The deliberately broken estimators of tests/test_mutants.py: each must be caught by a check.
+.PHONY: mutants
+mutants: $(STAMP)
+	$(BIN)/python -m pytest tests/test_mutants.py -q
+
 lint: $(STAMP)
 	$(BIN)/ruff check lvm_models guides inference tests benchmarks tools
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pyro import distributions as dist
 from pyro.nn import PyroModule
 
-from lvm_models._base import check_columns, check_size, unique_pyro_name
+from lvm_models._base import check_columns, check_positive_int, unique_pyro_name
 from lvm_models._nn import MIN_SCALE, check_hidden, mlp
 
 
@@ -18,7 +18,7 @@ class _AmortizedGuide(PyroModule):
     """Samples the latent site inside ``pyro.plate("data", N)`` from ``distribution(x)``."""
 
     def __init__(self, data_dim: int, hidden: Sequence[int], num_outputs: int, site: str) -> None:
-        data_dim = check_size("data_dim", data_dim)
+        data_dim = check_positive_int("data_dim", data_dim)
         super().__init__(name=unique_pyro_name(type(self).__name__))
         self.data_dim = data_dim
         self.site = site
@@ -50,7 +50,7 @@ class AmortizedGaussian(_AmortizedGuide):
     def __init__(
         self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (64, 64), site: str = "z"
     ) -> None:
-        latent_dim = check_size("latent_dim", latent_dim)
+        latent_dim = check_positive_int("latent_dim", latent_dim)
         super().__init__(data_dim, hidden, 2 * latent_dim, site)
         self.latent_dim = latent_dim
 
@@ -72,7 +72,7 @@ class AmortizedCategorical(_AmortizedGuide):
     def __init__(
         self, data_dim: int, num_categories: int, hidden: Sequence[int] = (32,), site: str = "z"
     ) -> None:
-        num_categories = check_size("num_categories", num_categories)
+        num_categories = check_positive_int("num_categories", num_categories)
         super().__init__(data_dim, hidden, num_categories, site)
         self.num_categories = num_categories
 

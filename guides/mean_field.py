@@ -8,7 +8,7 @@ from pyro import distributions as dist
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
-from lvm_models._base import check_size, unique_pyro_name
+from lvm_models._base import check_positive_int, unique_pyro_name
 
 
 class MeanField(PyroModule):
@@ -24,8 +24,8 @@ class MeanField(PyroModule):
     """
 
     def __init__(self, num_data: int, latent_dim: int, site: str = "z") -> None:
-        num_data = check_size("num_data", num_data)
-        latent_dim = check_size("latent_dim", latent_dim)
+        num_data = check_positive_int("num_data", num_data)
+        latent_dim = check_positive_int("latent_dim", latent_dim)
         super().__init__(name=unique_pyro_name(type(self).__name__))
         self.num_data = num_data
         self.latent_dim = latent_dim

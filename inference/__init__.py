@@ -5,7 +5,10 @@ Every estimator takes ``(model, guide, x)``: Pyro programs that follow the plate
 observed from the trace.
 """
 
+import ast
 import importlib
+import importlib.util
+from pathlib import Path
 
 from inference._programs import VectorizationWarning
 from inference.ais import AISEstimate, BDMCResult, ais_log_marginal, bdmc
@@ -16,32 +19,28 @@ from inference.diagnostics import Diagnosis, diagnose
 from inference.evidence import EvidenceEstimate, log_evidence
 from inference.exact import NoExactValueError, exact_log_marginal
 from inference.frontier import RateDistortion, rate_distortion
+from inference.gaps import GapDecomposition, gap_decomposition
+from inference.objectives import ELBO, IWAE, FreeBits, JitELBO, Objective
+from inference.schedules import ConstantBeta, KLSchedule, LinearWarmup
 from inference.train import FitResult, History, fit
 
-# The public names of inference.numpyro_backend (its __all__, written out: reading it would
-# import the backend).
-_NUMPYRO_BACKEND_NAMES = (
-    "NumPyroGuide",
-    "NumPyroModel",
-    "ReferenceEstimate",
-    "UnreliableReferenceWarning",
-    "amortization_gap",
-    "numpyro_elbo",
-    "numpyro_exact_log_marginal",
-    "numpyro_iw_log_marginal",
-    "nuts_log_marginal",
-    "to_numpyro",
-)
+
+def _public_names(module: str) -> list[str]:
+    """A module's ``__all__``, read from its source without importing it."""
+    source = Path(importlib.util.find_spec(module).origin).read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(
+            getattr(target, "id", None) == "__all__" for target in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    raise ImportError(f"{module} has no __all__")
+
+
 # These names load their module on first use: the NumPyro backend imports JAX and NumPyro and
 # turns on JAX's 64-bit mode, the ArviZ export imports ArviZ; a user of the PyTorch estimators
-# should pay for neither.
-_LAZY_NAMES = {
-    **dict.fromkeys(_NUMPYRO_BACKEND_NAMES, "inference.numpyro_backend"),
-    **dict.fromkeys(
-        ("WeightDiagnostics", "importance_weight_diagnostics", "to_inference_data"),
-        "inference.arviz_export",
-    ),
-}
+# should pay for neither. Their lists are the modules' own ``__all__``, not copies.
+_LAZY_MODULES = ("inference.numpyro_backend", "inference.arviz_export")
+_LAZY_NAMES = {name: module for module in _LAZY_MODULES for name in _public_names(module)}
 
 
 def __getattr__(name: str) -> object:
@@ -52,6 +51,14 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AISEstimate",
+    "ConstantBeta",
+    "ELBO",
+    "FreeBits",
+    "IWAE",
+    "JitELBO",
+    "KLSchedule",
+    "LinearWarmup",
+    "Objective",
     "BDMCResult",
     "BoundsReport",
     "Comparison",
@@ -60,6 +67,7 @@ __all__ = [
     "Estimate",
     "EvidenceEstimate",
     "FitResult",
+    "GapDecomposition",
     "History",
     "ImportanceEstimate",
     "NoExactValueError",
@@ -73,6 +81,7 @@ __all__ = [
     "elbo",
     "exact_log_marginal",
     "fit",
+    "gap_decomposition",
     "iw_log_marginal",
     "log_evidence",
     "rate_distortion",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from pathlib import Path
 
 import torch
 
-from lvm_models._base import MAX_SEED, check_seed  # noqa: F401 - one definition, re-exported
+from lvm_models._base import (  # noqa: F401 - one definition each, re-exported here
+    MAX_SEED,
+    check_positive_int,
+    check_seed,
+)
 
 
 def check_data(x: object, name: str = "x", matrix: bool = False) -> torch.Tensor:
@@ -34,13 +39,6 @@ def check_data(x: object, name: str = "x", matrix: bool = False) -> torch.Tensor
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
     return x
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """An integer >= 1 (a NumPy integer too); never a bool, a float or a string."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    return int(value)
 
 
 def check_sample_sizes(num_samples: object) -> list[int]:
@@ -117,3 +115,19 @@ def check_output_path(name: str, path: object, *, folder: bool = False) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{shown}: the folder {str(existing)!r} is not writable")
     return path
+
+
+def check_finite_number(name: str, value: object, *, positive: bool = False) -> None:
+    """``value`` a finite real number, > 0 where ``positive``, else >= 0 (bools are not numbers).
+
+    :raises ValueError: naming ``name``, what it must be and what came.
+    """
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value)) or (value <= 0 if positive else value < 0):
+        raise ValueError(
+            f"{name} must be a finite number {'> 0' if positive else '>= 0'}; got {value!r}"
+        )
+
+
+def is_int_at_least(value: object, lowest: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lowest

@@ -8,6 +8,10 @@ atomic (a temporary file in the same folder, then ``os.replace``): an interrupte
 previous checkpoint intact. The whole file is validated (every field, the RNG states) before a
 resume touches any state.
 
+:func:`~inference.fit` holds one :class:`Checkpointer` (where and how often to save, the path
+checked before training; resuming) and one :class:`LiveRun` (the live objects that a
+checkpoint is taken of and restored into).
+
 Parameters are keyed by where they live, not by their param-store names (those carry a
 per-process instance counter): ``model.<name>`` / ``guide.<name>`` for the parameters of a model
 or guide that is a ``torch.nn.Module`` (its ``named_parameters``), and the param-store name for
@@ -29,6 +33,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from inference._programs import Inputs
 from inference._validate import check_output_path
 
 FORMAT = "lvm-suite fit checkpoint"
@@ -214,50 +219,104 @@ def check_same_parameters(state: TrainingState, live: dict[str, torch.Tensor]) -
         raise CheckpointError(f"the checkpoint's parameters have other shapes: {reshaped}")
 
 
+@dataclass(frozen=True)
+class LiveRun:
+    """The live objects of a run in progress, which a checkpoint is taken of and a resumption
+    restores (their saved counterpart is :class:`TrainingState`).
+
+    :ivar parameters: key (:func:`parameter_keys`) -> the unconstrained tensor SVI steps.
+    :ivar optimizer: the ``PyroOptim`` stepping them.
+    :ivar batch_generator: the minibatch generator, or None for full-batch training.
+    :ivar options: what must not change between the run and its resumption
+        (:func:`data_fingerprint` among them).
+    """
+
+    parameters: dict[str, torch.Tensor]
+    optimizer: pyro.optim.PyroOptim
+    batch_generator: torch.Generator | None
+    options: dict[str, object]
+
+
+class Checkpointer:
+    """Where and when :func:`~inference.fit` saves its run, and how it resumes one.
+
+    ``path`` is checked when the checkpointer is made, before any training. A checkpoint is
+    written atomically (:func:`save_checkpoint`) after every ``every``-th step (0 or None:
+    none in between) and after step ``steps``, the last. ``info`` is stored with it.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        every: int | None,
+        steps: int,
+        info: dict[str, object] | None = None,
+    ) -> None:
+        if path is not None:
+            check_checkpoint_path(path)
+        self.path, self.every, self.steps, self.info = path, every, steps, info
+
+    def resume(self, path: str | Path | None, run: LiveRun) -> TrainingState | None:
+        """Put ``run`` where the checkpoint at ``path`` left it, once all of the checkpoint is
+        checked (its file, its parameters, its options); None, touching nothing, for no path.
+
+        :raises CheckpointError: for a checkpoint that cannot be used (:func:`load_checkpoint`,
+            :func:`restore_state`).
+        :raises ValueError: when the checkpoint is past ``steps``.
+        """
+        if path is None:
+            return None
+        state = load_checkpoint(path)
+        if state.step > self.steps:
+            raise ValueError(f"steps ({self.steps}) is below the checkpoint's step ({state.step})")
+        restore_state(state, run)
+        return state
+
+    def after_step(
+        self, done: int, run: LiveRun, losses: list[float], logged: dict[str, list]
+    ) -> None:
+        """Save the run after ``done`` steps, with its history so far, when a save is due."""
+        due = done == self.steps or (self.every and done % self.every == 0)
+        if self.path is not None and due:
+            save_checkpoint(self.path, capture_state(done, run, losses, logged, self.info))
+
+
 def capture_state(
     step: int,
-    trained: dict[str, torch.Tensor],
-    optimizer: pyro.optim.PyroOptim,
-    batch_generator: torch.Generator | None,
+    run: LiveRun,
     losses: list[float],
     logged: dict[str, list],
-    options: dict[str, object],
     info: dict[str, object] | None = None,
 ) -> TrainingState:
     """The state of a run after ``step`` steps, keyed by :func:`parameter_keys`."""
     store = pyro.get_param_store()
-    optimizer_state = optimizer.get_state()
-    by_name = {store.param_name(param): key for key, param in trained.items()}
+    optimizer_state = run.optimizer.get_state()
+    by_name = {store.param_name(param): key for key, param in run.parameters.items()}
     return TrainingState(
         step=step,
-        parameters={key: param.detach().clone() for key, param in trained.items()},
+        parameters={key: param.detach().clone() for key, param in run.parameters.items()},
         optimizer=plain(
             {by_name[name]: state for name, state in optimizer_state.items() if name in by_name}
         ),
         rng_state=torch.get_rng_state(),
-        batch_rng_state=None if batch_generator is None else batch_generator.get_state(),
+        batch_rng_state=None if run.batch_generator is None else run.batch_generator.get_state(),
         losses=plain(list(losses)),
         logged=plain({name: list(values) for name, values in logged.items()}),
-        options=plain(dict(options)),
+        options=plain(dict(run.options)),
         info=plain(dict(info or {})),
     )
 
 
-def restore_state(
-    state: TrainingState,
-    trained: dict[str, torch.Tensor],
-    optimizer: pyro.optim.PyroOptim,
-    batch_generator: torch.Generator | None,
-    options: dict[str, object],
-) -> None:
+def restore_state(state: TrainingState, run: LiveRun) -> None:
     """Put a run back where ``state`` left it: parameters, optimiser, RNGs.
 
     :raises CheckpointError: when the parameters or the training options differ.
     """
-    check_same_parameters(state, trained)
+    check_same_parameters(state, run.parameters)
     differing = {
         name: {"checkpoint": state.options.get(name), "now": value}
-        for name, value in plain(options).items()
+        for name, value in plain(run.options).items()
         if state.options.get(name) != value
     }
     if differing:
@@ -265,12 +324,31 @@ def restore_state(
             f"the checkpoint was written with other training options: {differing}"
         )
     with torch.no_grad():
-        for key, param in trained.items():
+        for key, param in run.parameters.items():
             param.copy_(state.parameters[key])
     store = pyro.get_param_store()
-    optimizer.set_state(
-        {store.param_name(trained[key]): saved for key, saved in state.optimizer.items()}
+    run.optimizer.set_state(
+        {store.param_name(run.parameters[key]): saved for key, saved in state.optimizer.items()}
     )
     torch.set_rng_state(state.rng_state)
-    if batch_generator is not None:
-        batch_generator.set_state(state.batch_rng_state)
+    if run.batch_generator is not None:
+        run.batch_generator.set_state(state.batch_rng_state)
+
+
+def data_fingerprint(inputs: Inputs) -> dict[str, object]:
+    """The data (with the programs' extra arguments) as a resumption checks it: the shape of
+    x, and the SHA-256 of the bytes of x and of every tensor among the extra arguments."""
+    digest = hashlib.sha256()
+    values = [inputs.x, *inputs.args, *(inputs.kwargs[k] for k in sorted(inputs.kwargs))]
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return {"data_shape": list(inputs.x.shape), "data_sha256": digest.hexdigest()}
+
+
+def optimizer_name(optimizer: pyro.optim.PyroOptim) -> str:
+    """The torch optimiser behind a ``PyroOptim`` (a run's state belongs to it)."""
+    constructor = getattr(optimizer, "pt_optim_constructor", None)
+    return getattr(constructor, "__name__", type(optimizer).__name__)

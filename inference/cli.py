@@ -24,6 +24,7 @@ from inference.remedies import format_remedies, price_remedies
 from inference.sandwich import sandwich_curve
 from inference.train import fit
 from lvm_models import datasets, ppca_max_likelihood
+from lvm_models._base import seed_32
 
 
 def _exact(args: argparse.Namespace) -> dict:
@@ -69,25 +70,46 @@ def _fit(args: argparse.Namespace) -> dict:
         _take_run_options_from(args.resume, args)
     args.steps = _DEFAULT_STEPS if args.steps is None else args.steps
     data, model, guide = _built_pair(args)
+    saved_to = args.checkpoint or args.resume
+    result = _train(args, data, model, guide, progress=not args.quiet, checkpoint=saved_to)
+    report = {"final_loss": result.final_loss, "history": result.history.to_dict()}
+    return report | _evaluate(args, args, data, model, guide)
+
+
+def _compare(args: argparse.Namespace) -> dict:
+    """Evaluate the pair a run of `lvm fit --checkpoint` saved, on its data: no training."""
+    run = argparse.Namespace(**_run_options_in(args.source), resume=args.source)
+    run.steps = load_checkpoint(args.source).step  # all the run's steps: none left to train
+    args.seed = run.seed if args.seed is None else args.seed
+    data, model, guide = _built_pair(run)
+    _train(run, data, model, guide, progress=False, checkpoint=None)  # restores parameters
+    print(f"evaluating {run.model} with {run.guide} from {str(args.source)!r} (step {run.steps})")
+    return _evaluate(run, args, data, model, guide)
+
+
+def _train(run: argparse.Namespace, data, model, guide, *, progress: bool, checkpoint: Path | None):
+    """``fit`` with a run's options; a run resumed at its last step trains nothing."""
     x = data.x
-    result = None
-    if args.steps > 0:
-        result = fit(
-            model,
-            guide,
-            x,
-            objective=args.objective,
-            steps=args.steps,
-            batch_size=min(args.batch_size, x.shape[0]),
-            lr=args.lr,
-            seed=args.seed,
-            progress=not args.quiet,
-            checkpoint=args.checkpoint or args.resume,
-            checkpoint_every=args.checkpoint_every,
-            resume=args.resume,
-            checkpoint_info={name: getattr(args, name) for name in _RUN_OPTIONS},
-        )
-    evaluation = x[: args.eval_points]
+    return fit(
+        model,
+        guide,
+        x,
+        objective=run.objective,
+        steps=run.steps,
+        batch_size=min(run.batch_size, x.shape[0]),
+        lr=run.lr,
+        seed=run.seed,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_every=getattr(run, "checkpoint_every", 0),
+        resume=run.resume,
+        checkpoint_info={name: getattr(run, name) for name in _RUN_OPTIONS},
+    )
+
+
+def _evaluate(run: argparse.Namespace, args: argparse.Namespace, data, model, guide) -> dict:
+    """Diagnosis and the ELBO / IW_K / reference table on the first ``--eval-points`` rows."""
+    evaluation = data.x[: args.eval_points]
     diagnosis = diagnose(model, guide, evaluation, seed=args.seed)
     table = compare(
         model,
@@ -101,10 +123,8 @@ def _fit(args: argparse.Namespace) -> dict:
     _print_pairs({k: v for k, v in diagnosis.to_dict().items() if v is not None})
     return {
         "data": data.name,
-        "model": args.model,
-        "guide": args.guide,
-        "final_loss": None if result is None else result.final_loss,
-        "history": None if result is None else result.history.to_dict(),
+        "model": run.model,
+        "guide": run.guide,
         "diagnosis": diagnosis.to_dict(),
         "comparison": table.to_dict(),
     }
@@ -245,10 +265,7 @@ def format_summary(results: list) -> str:
 def _take_run_options_from(path: Path, args: argparse.Namespace) -> None:
     """Set the run's options from a checkpoint; an explicit --steps extends the run, any
     other flag given explicitly must agree with the checkpoint."""
-    stored = load_checkpoint(path).info
-    missing = [name for name in _RUN_OPTIONS if name not in stored]
-    if missing:
-        raise CheckpointError(f"{str(path)!r} was not written by `lvm fit` (no {missing} in it)")
+    stored = _run_options_in(path)
     for name in _RUN_OPTIONS:
         if name == "steps":
             args.steps = stored["steps"] if args.steps is None else args.steps
@@ -261,6 +278,15 @@ def _take_run_options_from(path: Path, args: argparse.Namespace) -> None:
                 "new run)"
             )
         setattr(args, name, stored[name])
+
+
+def _run_options_in(path: Path) -> dict:
+    """The options of the `lvm fit` run a checkpoint holds (data, model, guide, ...)."""
+    stored = load_checkpoint(path).info
+    missing = [name for name in _RUN_OPTIONS if name not in stored]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} was not written by `lvm fit` (no {missing} in it)")
+    return {name: stored[name] for name in _RUN_OPTIONS}
 
 
 def _explicit_options(argv: list[str]) -> set[str]:
@@ -327,6 +353,27 @@ def _add_data_options(parser: argparse.ArgumentParser, default_data: str) -> Non
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
 
 
+def _add_evaluation_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--num-samples",
+        type=_integer_at_least(1),
+        nargs="+",
+        default=[1, 10, 100],
+        help="the K values",
+    )
+    command.add_argument(
+        "--eval-points", type=_integer_at_least(1), default=500, help="points to evaluate"
+    )
+    command.add_argument(
+        "--reference",
+        choices=["none", "nuts", "ais"],
+        default="none",
+        help="add a reference log p(x) row: ais (annealed importance sampling from the "
+        "guide, any latent dimension) or nuts (NumPyro NUTS-based); default none",
+    )
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lvm", description="Latent variable models in Pyro: exact log p(x) and its bounds."
@@ -337,55 +384,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_options(exact, "correlated-gaussian")
     exact.set_defaults(run=_exact)
-    for name, help_text in (
-        ("fit", "train a model/guide pair with SVI, then diagnose and compare the bounds"),
-        ("compare", "ELBO, IW_K and exact log p(x) of a (trained) model/guide pair"),
-    ):
-        command = commands.add_parser(name, help=help_text)
-        _add_data_options(command, "correlated-gaussian")
-        command.add_argument("--model", default="ppca", help="a model (see `lvm list`)")
-        command.add_argument("--guide", default="amortized-gaussian", help="a guide")
-        command.add_argument(
-            "--steps",
-            type=_integer_at_least(0),
-            help=f"SVI steps in all (default {_DEFAULT_STEPS}; 0: no training)",
-        )
-        command.add_argument(
-            "--batch-size", type=_integer_at_least(1), default=256, help="rows per step (at most N)"
-        )
-        command.add_argument("--lr", type=float, default=1e-2)
-        command.add_argument("--objective", default="elbo", choices=["elbo", "iwae"])
-        command.add_argument(
-            "--num-samples",
-            type=_integer_at_least(1),
-            nargs="+",
-            default=[1, 10, 100],
-            help="the K values",
-        )
-        command.add_argument(
-            "--eval-points", type=_integer_at_least(1), default=500, help="points to evaluate"
-        )
-        command.add_argument(
-            "--reference",
-            choices=["none", "nuts", "ais"],
-            default="none",
-            help="add a reference log p(x) row: ais (annealed importance sampling from the "
-            "guide, any latent dimension) or nuts (NumPyro NUTS-based); default none",
-        )
-        command.add_argument("--quiet", action="store_true", help="no progress bar")
-        command.add_argument("--checkpoint", type=Path, help="write the training state here")
-        command.add_argument(
-            "--checkpoint-every",
-            type=_integer_at_least(0),
-            default=0,
-            help="steps between checkpoints (0: only at the end)",
-        )
-        command.add_argument(
-            "--resume",
-            type=Path,
-            help="continue the run saved in this checkpoint (its model, guide, data, options)",
-        )
-        command.set_defaults(run=_fit)
+    fit_command = commands.add_parser(
+        "fit", help="train a model/guide pair with SVI, then diagnose and compare the bounds"
+    )
+    _add_data_options(fit_command, "correlated-gaussian")
+    fit_command.add_argument("--model", default="ppca", help="a model (see `lvm list`)")
+    fit_command.add_argument("--guide", default="amortized-gaussian", help="a guide")
+    fit_command.add_argument(
+        "--steps",
+        type=_integer_at_least(1),
+        help=f"SVI steps in all (default {_DEFAULT_STEPS}); to evaluate a saved run without "
+        "training, use `lvm compare --from`",
+    )
+    fit_command.add_argument(
+        "--batch-size", type=_integer_at_least(1), default=256, help="rows per step (at most N)"
+    )
+    fit_command.add_argument("--lr", type=float, default=1e-2)
+    fit_command.add_argument("--objective", default="elbo", choices=["elbo", "iwae"])
+    fit_command.add_argument("--checkpoint", type=Path, help="write the training state here")
+    fit_command.add_argument(
+        "--checkpoint-every",
+        type=_integer_at_least(0),
+        default=0,
+        help="steps between checkpoints (0: only at the end)",
+    )
+    fit_command.add_argument(
+        "--resume",
+        type=Path,
+        help="continue the run saved in this checkpoint (its model, guide, data, options)",
+    )
+    _add_evaluation_options(fit_command)
+    fit_command.set_defaults(run=_fit)
+    compare_command = commands.add_parser(
+        "compare",
+        help="ELBO, IW_K and a reference log p(x) of a pair saved by `lvm fit --checkpoint` "
+        "(no training)",
+    )
+    compare_command.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        required=True,
+        help="a checkpoint written by `lvm fit --checkpoint`: its model, guide, data, parameters",
+    )
+    compare_command.add_argument(
+        "--seed", type=_seed, default=None, help="seeds the estimates (default: the run's seed)"
+    )
+    compare_command.add_argument("--json", type=Path, help="also write the results as JSON here")
+    _add_evaluation_options(compare_command)
+    compare_command.set_defaults(run=_compare)
     for name, help_text, quick_help, run in (
         (
             "collapse",
@@ -461,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     args.explicit = _explicit_options(sys.argv[1:] if argv is None else argv)
     try:
         _check_outputs(args)
-        torch.manual_seed(getattr(args, "seed", 0))
+        torch.manual_seed(seed_32(getattr(args, "seed", None) or 0))
         report = args.run(args)
         if args.json is not None:
             _write_json(args.json, report)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -73,7 +73,12 @@ QUICK_BUDGET = Budget(
 
 @dataclass(frozen=True)
 class ExperimentResult:
-    """One trained pair: its bounds, its use of the latent and its training history (nats)."""
+    """One trained pair: its bounds, its use of the latent and its training history (nats).
+
+    :ivar exact_per_point: (N,) exact log p(x) of the evaluation points, None where the oracle
+        has no certified value; with ``model`` and ``guide`` (the trained pair) it lets a later
+        run be compared with this one point by point. None of the three goes to ``to_dict``.
+    """
 
     key: str
     title: str
@@ -85,6 +90,9 @@ class ExperimentResult:
     history: dict[str, list[float]]
     references: dict[str, float]
     seconds: float
+    exact_per_point: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+    guide: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def iw_rows(self) -> list[ComparisonRow]:
@@ -267,7 +275,7 @@ def _run(setup: _Setup, budget: Budget, seed: int, progress: bool) -> Experiment
     x, x_eval = experiment_data(setup, budget, seed)
     recorder = _Recorder(x_eval, budget.record_iw_samples, seed)
     model, guide = train_pair(setup, x, budget, seed, progress, callback=recorder)
-    exact = _exact_or_none(model, x_eval)
+    exact, _ = exact_or_reason(model, x_eval)
     diagnosis = diagnose(model, guide, x_eval, exact=exact, seed=seed)
     comparison = compare(
         model,
@@ -289,6 +297,9 @@ def _run(setup: _Setup, budget: Budget, seed: int, progress: bool) -> Experiment
         recorder.history,
         setup.references(x, x_eval),
         time.perf_counter() - start,
+        exact,
+        model,
+        guide,
     )
 
 
@@ -338,11 +349,12 @@ def _annealing(budget: Budget) -> Callable[[int], float]:
     return lambda step: rate ** max(0, step - start)
 
 
-def _exact_or_none(model: Callable, x: torch.Tensor) -> torch.Tensor | None:
+def exact_or_reason(model: Callable, x: torch.Tensor) -> tuple[torch.Tensor | None, str]:
+    """:func:`~inference.exact_log_marginal` of x (N,) and "", or None and why there is none."""
     try:
-        return exact_log_marginal(model, x)
-    except NoExactValueError:
-        return None
+        return exact_log_marginal(model, x), ""
+    except NoExactValueError as error:
+        return None, str(error)
 
 
 def _training_data(name: str, num_data: int, seed: int) -> torch.Tensor:

@@ -47,8 +47,8 @@ class LatentVariableModel(PyroModule):
     binary_data = False
 
     def __init__(self, data_dim: int, latent_dim: int) -> None:
-        data_dim = check_size("data_dim", data_dim)
-        latent_dim = check_size("latent_dim", latent_dim)
+        data_dim = check_positive_int("data_dim", data_dim)
+        latent_dim = check_positive_int("latent_dim", latent_dim)
         super().__init__(name=unique_pyro_name(type(self).__name__))
         self.data_dim = data_dim
         self.latent_dim = latent_dim
@@ -101,7 +101,7 @@ class LatentVariableModel(PyroModule):
     @torch.no_grad()
     def sample(self, num_data: int) -> torch.Tensor:
         """Draw ``num_data`` points from p(x): a tensor of shape (num_data, D)."""
-        return self(num_data=check_size("num_data", num_data))
+        return self(num_data=check_positive_int("num_data", num_data))
 
     def _zeros(self, *shape: int) -> torch.Tensor:
         return self._origin.new_zeros(shape)
@@ -116,14 +116,14 @@ def check_columns(x: torch.Tensor, data_dim: int, owner: object) -> None:
         )
 
 
-def check_size(name: str, value: object) -> int:
-    """A size (a dimension, a count of components, points or categories): an integer >= 1,
-    returned as a Python ``int``. NumPy integers are integers; bools and floats are not.
+def check_positive_int(name: str, value: object) -> int:
+    """An integer >= 1 (a size, a count: dimensions, components, points, samples), returned
+    as a Python ``int``. NumPy integers are integers; bools, floats and strings are not.
 
     :raises ValueError: naming ``name``, what it must be and what came.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
     return int(value)
 
 
@@ -150,3 +150,40 @@ def seed_32(seed: int) -> int:
     if seed < 2**32:
         return seed
     return int(np.random.SeedSequence(seed).generate_state(1)[0])
+
+
+def parameter_matrix(name: str, value: object, layout: str) -> torch.Tensor:
+    """``value`` as a 2-D floating tensor (integers become float64), for ``from_params``.
+
+    :raises ValueError: naming ``name`` and its ``layout`` (e.g. "(D, k)") when not 2-D.
+    """
+    tensor = torch.as_tensor(value)
+    if not tensor.is_floating_point():
+        tensor = tensor.double()
+    if tensor.dim() != 2:
+        raise ValueError(f"{name} must be 2-D {layout}; got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def parameter_of_shape(
+    name: str, value: object, shapes: tuple[tuple[int, ...], ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """``value`` as a tensor of ``dtype`` whose shape is one of ``shapes``.
+
+    :raises ValueError: naming ``name``, the shapes it may have and the one it has.
+    """
+    tensor = torch.as_tensor(value, dtype=dtype)
+    if tensor.shape not in shapes:
+        expected = " or ".join(str(shape) if shape else "a scalar" for shape in shapes)
+        raise ValueError(f"{name} must have shape {expected}; got {tuple(tensor.shape)}")
+    return tensor
+
+
+def check_scales(name: str, scales: torch.Tensor) -> torch.Tensor:
+    """Standard deviations: every one positive and finite.
+
+    :raises ValueError: naming ``name`` otherwise.
+    """
+    if not bool(((scales > 0) & torch.isfinite(scales)).all()):
+        raise ValueError(f"{name} must be positive and finite (standard deviations)")
+    return scales

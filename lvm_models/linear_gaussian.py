@@ -11,7 +11,13 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import nn
 
-from lvm_models._base import LatentVariableModel, NoExactValueError
+from lvm_models._base import (
+    LatentVariableModel,
+    NoExactValueError,
+    check_scales,
+    parameter_matrix,
+    parameter_of_shape,
+)
 
 NOISE_KINDS = ("diagonal", "isotropic")
 # Above this condition number of I + W^T Psi^-1 W, float64 cannot promise 1e-5 nats.
@@ -76,23 +82,13 @@ class LinearGaussian(LatentVariableModel):
         The model takes the dtype of ``weight`` (float64 for NumPy arrays). A scalar
         ``noise_scale`` gives the isotropic (pPCA) model.
         """
-        weight = torch.as_tensor(weight)
-        if not weight.is_floating_point():
-            weight = weight.double()
-        if weight.dim() != 2:
-            raise ValueError(f"weight must be 2-D (D, k); got shape {tuple(weight.shape)}")
+        weight = parameter_matrix("weight", weight, "(D, k)")
         data_dim, latent_dim = weight.shape
-        bias = torch.as_tensor(bias, dtype=weight.dtype)
-        noise_scale = torch.as_tensor(noise_scale, dtype=weight.dtype)
-        if bias.shape != (data_dim,):
-            raise ValueError(f"bias must have shape ({data_dim},); got {tuple(bias.shape)}")
-        if noise_scale.shape not in {(), (1,), (data_dim,)}:
-            raise ValueError(
-                f"noise_scale must be a scalar or have shape ({data_dim},); "
-                f"got {tuple(noise_scale.shape)}"
-            )
-        if not bool((noise_scale > 0).all() & torch.isfinite(noise_scale).all()):
-            raise ValueError("noise_scale must be positive and finite (standard deviations)")
+        bias = parameter_of_shape("bias", bias, ((data_dim,),), weight.dtype)
+        noise_scale = parameter_of_shape(
+            "noise_scale", noise_scale, ((), (1,), (data_dim,)), weight.dtype
+        )
+        check_scales("noise_scale", noise_scale)
         noise = "diagonal" if noise_scale.shape == (data_dim,) and data_dim > 1 else "isotropic"
         model = cls(data_dim, latent_dim, noise=noise).to(weight.dtype)
         with torch.no_grad():

@@ -8,7 +8,13 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import nn
 
-from lvm_models._base import LatentVariableModel, check_size
+from lvm_models._base import (
+    LatentVariableModel,
+    check_positive_int,
+    check_scales,
+    parameter_matrix,
+    parameter_of_shape,
+)
 
 
 class GaussianMixture(LatentVariableModel):
@@ -24,7 +30,7 @@ class GaussianMixture(LatentVariableModel):
     """
 
     def __init__(self, data_dim: int, num_components: int) -> None:
-        num_components = check_size("num_components", num_components)
+        num_components = check_positive_int("num_components", num_components)
         super().__init__(data_dim, num_components)
         self.num_components = num_components
         self.logits = nn.Parameter(torch.zeros(num_components))
@@ -36,24 +42,11 @@ class GaussianMixture(LatentVariableModel):
         cls, logits: torch.Tensor, means: torch.Tensor, scales: torch.Tensor
     ) -> GaussianMixture:
         """A mixture with logits (K,), means (K, D) and diagonal standard deviations (K, D)."""
-        means = torch.as_tensor(means)
-        if not means.is_floating_point():
-            means = means.double()
-        if means.dim() != 2:
-            raise ValueError(f"means must be 2-D (K, D); got shape {tuple(means.shape)}")
+        means = parameter_matrix("means", means, "(K, D)")
         num_components, data_dim = means.shape
-        logits = torch.as_tensor(logits, dtype=means.dtype)
-        scales = torch.as_tensor(scales, dtype=means.dtype)
-        if logits.shape != (num_components,):
-            raise ValueError(
-                f"logits must have shape ({num_components},); got {tuple(logits.shape)}"
-            )
-        if scales.shape != means.shape:
-            raise ValueError(
-                f"scales must have shape {tuple(means.shape)}; got {tuple(scales.shape)}"
-            )
-        if not bool((scales > 0).all()):
-            raise ValueError("scales must be positive (standard deviations)")
+        logits = parameter_of_shape("logits", logits, ((num_components,),), means.dtype)
+        scales = parameter_of_shape("scales", scales, (tuple(means.shape),), means.dtype)
+        check_scales("scales", scales)
         model = cls(data_dim, num_components).to(means.dtype)
         with torch.no_grad():
             model.logits.copy_(logits)

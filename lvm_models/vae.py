@@ -15,7 +15,7 @@ from pyro import distributions as dist
 from pyro.distributions import constraints
 from pyro.nn import PyroParam
 
-from lvm_models._base import LatentVariableModel, check_size
+from lvm_models._base import LatentVariableModel, check_positive_int
 from lvm_models._nn import MIN_SCALE, check_hidden, mlp, output_layer
 
 COVARIANCE_KINDS = ("diagonal", "full")
@@ -70,7 +70,7 @@ class GaussianVAE(_MLPDecoderModel):
             raise ValueError(f"covariance must be one of {COVARIANCE_KINDS}; got {covariance!r}")
         if not isinstance(cholesky_from_z, bool):
             raise TypeError(f"cholesky_from_z must be True or False; got {cholesky_from_z!r}")
-        data_dim = check_size("data_dim", data_dim)  # sizes the decoder's output below
+        data_dim = check_positive_int("data_dim", data_dim)  # sizes the decoder's output below
         cholesky_from_z = covariance == "full" and cholesky_from_z
         num_tril = data_dim * (data_dim + 1) // 2
         scale_outputs = {"diagonal": data_dim, "full": num_tril if cholesky_from_z else 0}

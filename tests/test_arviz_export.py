@@ -3,13 +3,19 @@ from __future__ import annotations
 import arviz as az
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+import xarray as xr
+from _pairs import ChainModel, linear_gaussian
 
 from guides import AmortizedGaussian, ExactPosterior, PriorGuide
 from inference import fit
-from inference.arviz_export import importance_weight_diagnostics, to_inference_data
-from tests._pairs import ChainModel, linear_gaussian
+from inference.arviz_export import (
+    importance_weight_diagnostics,
+    importance_weighted_summary,
+    to_inference_data,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +28,18 @@ def pair_and_data():
 def test_export_lays_out_draws_weights_and_data_by_point(pair_and_data):
     model, guide, x = pair_and_data
     idata = to_inference_data(model, guide, x, num_draws=50, seed=0)
-    assert idata.posterior["z"].dims == ("chain", "draw", "point", "z_dim")
-    assert idata.posterior["z"].shape == (1, 50, 12, 2)
-    assert idata.sample_stats["log_weight"].shape == (1, 50, 12)
+    assert idata.proposal["z"].dims == ("chain", "draw", "point", "z_dim")
+    assert idata.proposal["z"].shape == (1, 50, 12, 2)
+    assert idata.proposal["log_weight"].dims == ("chain", "draw", "point")
+    assert idata.proposal["log_weight"].shape == (1, 50, 12)
     np.testing.assert_array_equal(idata.observed_data["data"].values, x.numpy())
+
+
+def test_guide_draws_are_not_exported_as_posterior_draws(pair_and_data):
+    model, guide, x = pair_and_data
+    idata = to_inference_data(model, guide, x, num_draws=5, seed=0)
+    # az.summary and az.plot_posterior read the posterior group: there is none to misread.
+    assert set(idata.groups()) == {"proposal", "observed_data"}
 
 
 def test_exported_weights_of_the_exact_posterior_all_equal_log_marginal(pair_and_data):
@@ -33,21 +47,65 @@ def test_exported_weights_of_the_exact_posterior_all_equal_log_marginal(pair_and
     idata = to_inference_data(model, ExactPosterior(model), x, num_draws=20, seed=0)
     expected = model.log_marginal(x).detach().numpy()
     np.testing.assert_allclose(
-        idata.sample_stats["log_weight"].values[0], np.tile(expected, (20, 1)), atol=1e-9
+        idata.proposal["log_weight"].values[0], np.tile(expected, (20, 1)), atol=1e-9
     )
 
 
 def test_latent_sites_are_named_from_the_trace():
     chain = ChainModel()
     idata = to_inference_data(chain.model, chain.guide, chain.sample(5), num_draws=10, seed=0)
-    assert set(idata.posterior.data_vars) == {"top", "middle"}
+    assert set(idata.proposal.data_vars) == {"top", "middle", "log_weight"}
 
 
 def test_same_seed_gives_the_same_export(pair_and_data):
     model, guide, x = pair_and_data
     first = to_inference_data(model, guide, x, num_draws=30, seed=3)
     second = to_inference_data(model, guide, x, num_draws=30, seed=3)
-    np.testing.assert_array_equal(first.posterior["z"].values, second.posterior["z"].values)
+    np.testing.assert_array_equal(first.proposal["z"].values, second.proposal["z"].values)
+
+
+def test_weighted_mean_of_the_draws_is_the_exact_posterior_mean_within_its_standard_error():
+    pyro.set_rng_seed(0)
+    model = linear_gaussian(data_dim=4, latent_dim=2, noise=0.5)
+    x = model.sample(12)
+    posterior = model.posterior(x)
+    loc, scale_tril = posterior.loc.detach(), posterior.scale_tril.detach()
+
+    def broad_shifted_guide(x):
+        # Wider than the posterior (light-tailed weights: the delta-method SE holds), and off
+        # centre, so the unweighted mean of the draws would be wrong by 0.3.
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(loc + 0.3, scale_tril=1.5 * scale_tril))
+
+    idata = to_inference_data(model, broad_shifted_guide, x, num_draws=2000, seed=0)
+    assert bool((importance_weight_diagnostics(idata).khat < 0.5).all())
+    summary = importance_weighted_summary(idata)["z"]
+    error = summary.sel(statistic="mean").values - loc.numpy()  # (12, 2)
+    # 24 comparisons: 4 standard errors keeps the chance of a false alarm below 2e-3.
+    assert bool((np.abs(error) < 4 * summary.sel(statistic="mcse_mean").values).all())
+    unweighted = idata.proposal["z"].mean(("chain", "draw")).values
+    assert bool((np.abs(unweighted - loc.numpy()) > 0.2).all())
+
+
+def test_weighted_summary_steps_through_the_weighted_cdf():
+    # Draws 1, 2, 3, 4 (shuffled) with weights 0.1 .. 0.4: mean 3, sd 1, cumulative weights
+    # 0.1, 0.3, 0.6, 1.0.
+    draws, weights = np.array([3.0, 1.0, 4.0, 2.0]), np.array([0.3, 0.1, 0.4, 0.2])
+    proposal = xr.Dataset(
+        {
+            "z": (("chain", "draw", "point", "z_dim"), draws.reshape(1, 4, 1, 1)),
+            "log_weight": (("chain", "draw", "point"), np.log(7 * weights).reshape(1, 4, 1)),
+        }
+    )
+    idata = az.InferenceData(proposal=proposal)
+    summary = importance_weighted_summary(idata, quantiles=(0.05, 0.3, 0.5, 0.95))["z"]
+    assert list(summary["statistic"].values) == [
+        "mean", "sd", "mcse_mean", "q0.05", "q0.3", "q0.5", "q0.95"
+    ]  # fmt: skip
+    mcse = np.sqrt((weights**2 * (draws - 3.0) ** 2).sum())
+    np.testing.assert_allclose(
+        summary.values[:, 0, 0], [3.0, 1.0, mcse, 1.0, 2.0, 3.0, 4.0], rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("noise", [1.0, 2.0, 3.0])
@@ -75,7 +133,7 @@ def test_export_round_trips_through_netcdf(pair_and_data, tmp_path):
     path = tmp_path / "export.nc"
     idata.to_netcdf(str(path))
     loaded = az.from_netcdf(str(path))
-    for group in ("posterior", "sample_stats", "observed_data", "reference_posterior", "training"):
+    for group in ("proposal", "observed_data", "reference_posterior", "training"):
         assert loaded[group].identical(idata[group]), group
     np.testing.assert_array_equal(loaded.training["loss"].values, np.array(result.history.losses))
 
@@ -100,3 +158,12 @@ def test_bad_arguments_are_named(pair_and_data, options, message):
     model, guide, x = pair_and_data
     with pytest.raises(ValueError, match=message):
         to_inference_data(model, guide, x, **options)
+
+
+def test_summaries_name_a_missing_proposal_group_and_bad_quantiles(pair_and_data):
+    model, guide, x = pair_and_data
+    with pytest.raises(ValueError, match="'proposal' group"):
+        importance_weight_diagnostics(az.from_dict(posterior={"z": np.zeros((1, 5, 3))}))
+    idata = to_inference_data(model, guide, x, num_draws=5, seed=0)
+    with pytest.raises(ValueError, match=r"quantiles must lie in \(0, 1\)"):
+        importance_weighted_summary(idata, quantiles=(0.5, 1.0))

@@ -61,13 +61,13 @@ BAD_INPUTS = [
         "AmortizedGaussian with data_dim 0",
         lambda: AmortizedGaussian(0, K),
         ValueError,
-        "data_dim must be a positive integer; got 0",
+        "data_dim must be an integer >= 1; got 0",
     ),
     (
         "AmortizedGaussian with a negative latent_dim",
         lambda: AmortizedGaussian(D, -2),
         ValueError,
-        "latent_dim must be a positive integer; got -2",
+        "latent_dim must be an integer >= 1; got -2",
     ),
     (
         "AmortizedGaussian with a zero hidden width",
@@ -79,25 +79,25 @@ BAD_INPUTS = [
         "AmortizedCategorical with no categories",
         lambda: AmortizedCategorical(D, 0),
         ValueError,
-        "num_categories must be a positive integer; got 0",
+        "num_categories must be an integer >= 1; got 0",
     ),
     (
         "AmortizedCategorical with a float data_dim",
         lambda: AmortizedCategorical(4.0, 3),
         ValueError,
-        "data_dim must be a positive integer; got 4.0",
+        "data_dim must be an integer >= 1; got 4.0",
     ),
     (
         "MeanField with no data points",
         lambda: MeanField(0, K),
         ValueError,
-        "num_data must be a positive integer; got 0",
+        "num_data must be an integer >= 1; got 0",
     ),
     (
         "MeanField with a bool latent_dim",
         lambda: MeanField(6, True),
         ValueError,
-        "latent_dim must be a positive integer; got True",
+        "latent_dim must be an integer >= 1; got True",
     ),
     (
         "PriorGuide of something that is not a model",
@@ -127,7 +127,7 @@ BAD_INPUTS = [
         "GaussianVAE with a string data_dim",
         lambda: GaussianVAE("4", K, covariance="full"),
         ValueError,
-        "data_dim must be a positive integer; got '4'",
+        "data_dim must be an integer >= 1; got '4'",
     ),
     (
         "GaussianVAE with cholesky_from_z not a bool",
@@ -139,7 +139,7 @@ BAD_INPUTS = [
         "BernoulliVAE with latent_dim 0",
         lambda: BernoulliVAE(D, 0),
         ValueError,
-        "latent_dim must be a positive integer; got 0",
+        "latent_dim must be an integer >= 1; got 0",
     ),
     (
         "BernoulliVAE with a float hidden width",
@@ -157,13 +157,13 @@ BAD_INPUTS = [
         "AutoregressiveVAE with a negative data_dim",
         lambda: AutoregressiveVAE(-1, K),
         ValueError,
-        "data_dim must be a positive integer; got -1",
+        "data_dim must be an integer >= 1; got -1",
     ),
     (
         "LinearGaussian with data_dim 0",
         lambda: LinearGaussian(0, K),
         ValueError,
-        "data_dim must be a positive integer; got 0",
+        "data_dim must be an integer >= 1; got 0",
     ),
     (
         "LinearGaussian with an infinite fixed noise",
@@ -175,7 +175,7 @@ BAD_INPUTS = [
         "GaussianMixture with no components",
         lambda: GaussianMixture(D, 0),
         ValueError,
-        "num_components must be a positive integer; got 0",
+        "num_components must be an integer >= 1; got 0",
     ),
     (
         "rate_distortion given a model instead of a factory",

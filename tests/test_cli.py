@@ -119,12 +119,16 @@ def test_sandwich_writes_a_table_json_and_plot_with_the_exact_value(tmp_path, ca
 
 
 def test_compare_with_ais_reference_adds_an_ais_row(tmp_path):
-    out = tmp_path / "compare.json"
+    run, out = tmp_path / "run.pt", tmp_path / "compare.json"
+    assert (
+        main(["fit", "--steps", "20", "--eval-points", "10", "--quiet", "--checkpoint", str(run)])
+        == 0
+    )
     code = main(
         [
             "compare",
-            "--steps",
-            "20",
+            "--from",
+            str(run),
             "--eval-points",
             "10",
             "--num-samples",
@@ -140,6 +144,29 @@ def test_compare_with_ais_reference_adds_an_ais_row(tmp_path):
     assert code == 0
     estimators = [row["estimator"] for row in json.loads(out.read_text())["comparison"]["rows"]]
     assert estimators == ["elbo", "iw", "iw", "ais", "exact"]
+
+
+def test_compare_evaluates_the_saved_parameters_without_training(tmp_path, capsys):
+    run, trained, evaluated = (tmp_path / name for name in ("run.pt", "fit.json", "cmp.json"))
+    common = ["--eval-points", "12", "--num-samples", "1", "5", "--quiet"]
+    fit_argv = ["fit", "--steps", "40", "--checkpoint", str(run), "--json", str(trained)]
+    assert main([*fit_argv, *common]) == 0
+    assert main(["compare", "--from", str(run), "--json", str(evaluated), *common]) == 0
+    assert "(step 40)" in capsys.readouterr().out
+    after_fit, after_compare = (json.loads(p.read_text()) for p in (trained, evaluated))
+    # The same parameters and the same seed: the same figures, to the last digit.
+    assert after_compare["diagnosis"] == after_fit["diagnosis"]
+    assert after_compare["comparison"] == after_fit["comparison"]
+
+
+def test_compare_needs_a_saved_run_and_fit_needs_steps(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--eval-points", "10"])
+    assert exit_info.value.code == 2
+    assert "the following arguments are required: --from" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "--steps", "0"])
+    assert "lvm fit: error: argument --steps: must be >= 1; got 0" in capsys.readouterr().err
 
 
 def test_a_resumed_run_refuses_a_flag_that_differs_from_its_checkpoint(tmp_path, capsys):

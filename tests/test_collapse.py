@@ -90,11 +90,27 @@ def test_histories_record_elbo_rate_and_iw(run):
         assert len(history["step"]) >= 5
 
 
+def _remedies(out):
+    return json.loads((out / "results.json").read_text())["remedies"]
+
+
 def test_remedies_force_the_latent_of_the_powerful_cases_and_price_it(run):
     out, stdout, _ = run
-    remedies = json.loads((out / "results.json").read_text())["remedies"]
+    remedies = _remedies(out)
     assert {row["case"] for row in remedies} == {"1b", "4b"} and len(remedies) == 6
     for row in remedies:
         assert row["rate"] > 1.0, row
         assert math.isfinite(row["log_px_change"]) and row["log_px_change_stderr"] > 0, row
     assert "Remedies for collapse" in stdout
+
+
+def test_remedies_are_priced_by_the_exact_log_marginal_with_iw_beside_it(run):
+    out, _, rows = run
+    for row in _remedies(out):
+        assert row["priced_by"] == "exact", row["note"]
+        assert row["log_px"] == row["exact"]
+        assert row["iw"] <= row["exact"] + 3 * row["iw_stderr"], row
+        assert row["iw_gap"] == pytest.approx(row["exact"] - row["iw"], abs=1e-12)
+        # The change is exact minus exact: of the means, whatever its standard error says.
+        plain = rows[row["case"]]["exact"]
+        assert row["log_px_change"] == pytest.approx(row["exact"] - plain, abs=1e-5), row

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.nn import PyroModule
+from pyro.ops.stats import fit_generalized_pareto
 
 from guides import AmortizedGaussian
 from inference import fit
 from inference._programs import Inputs, inspect_pair
-from inference.bounds import _psis_tail_size, _RunningLogMeanExp, weight_diagnostics
+from inference.bounds import (
+    _generalized_pareto_shape,
+    _psis_tail_size,
+    _RunningLogMeanExp,
+    weight_diagnostics,
+)
 from inference.optim import MultiTensorAdam
 from inference.train import _ScaleLatent, _svi_step
 from lvm_models import BernoulliVAE, datasets
@@ -85,6 +93,39 @@ def test_batched_tail_selection_equals_selection_per_chunk():
     assert torch.equal(running._tail, expected)
     _, khat = weight_diagnostics(log_weights)
     torch.testing.assert_close(khat, running.khat())
+
+
+def test_batched_pareto_fit_equals_pyros_fit_point_by_point():
+    generator = torch.Generator().manual_seed(0)
+    num_points, rows = 40, 600
+    shapes = torch.linspace(-0.3, 1.5, num_points, dtype=torch.float64)
+    uniform = torch.rand(rows, num_points, generator=generator, dtype=torch.float64)
+    exceedances = (uniform.pow(-shapes) - 1) / shapes  # generalized Pareto draws of shape k
+    lengths = torch.randint(10, rows + 1, (num_points,), generator=generator)
+    observed = torch.rand(rows, num_points, generator=generator).argsort(0) < lengths
+    expected = torch.tensor(
+        [fit_generalized_pareto(exceedances[observed[:, p], p])[0] for p in range(num_points)],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(
+        _generalized_pareto_shape(exceedances, observed), expected, rtol=0, atol=1e-6
+    )
+
+
+def test_khat_is_psis_diagnostics_fit_point_by_point():
+    # Below the cap: the cutoff and tail of pyro.infer.importance.psis_diagnostic, per point.
+    generator = torch.Generator().manual_seed(1)
+    scales = torch.linspace(0.1, 3.0, 12, dtype=torch.float64)
+    log_weights = scales * torch.randn(3000, 12, generator=generator, dtype=torch.float64)
+    expected = []
+    for column in log_weights.T:
+        ascending = (column - column.max()).sort().values
+        cutoff_index = -math.ceil(min(0.2 * 3000, 3.0 * math.sqrt(3000))) - 1
+        cutoff = max(math.log(1e-15), ascending[cutoff_index].item())
+        tail = ascending[ascending > cutoff]
+        expected.append(fit_generalized_pareto(tail.exp() - math.exp(cutoff))[0])
+    _, khat = weight_diagnostics(log_weights)
+    torch.testing.assert_close(khat, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-6)
 
 
 class DeltaEncoder(PyroModule):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from pyro import distributions as dist
+from torch.distributions import kl_divergence
 
 from guides import AmortizedGaussian
 from inference import fit, rate_distortion
@@ -18,6 +21,10 @@ from lvm_models import GaussianVAE, LinearGaussian
 NOISE_SCALE = 0.5  # sigma^2 = 0.25
 SPECTRUM = (4.0, 2.0, 1.0, 0.5, 0.15, 0.1)  # the data's covariance eigenvalues
 LATENT_DIM = 4
+Z = 4.0  # standard errors: a correct estimate strays this far with probability 6e-5
+# rate_distortion measures each row with diagnose's defaults: its distortion averages this
+# many draws of z per point.
+DIAGNOSE_DRAWS = inspect.signature(diagnose).parameters["num_particles"].default
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +87,20 @@ def test_history_records_beta_rate_and_distortion_during_warm_up(spectrum_data):
     assert all(rate >= 0 for rate in history.rate)
 
 
-def test_rate_distortion_table_has_one_row_per_beta_on_the_elbo_identity(spectrum_data):
+@pytest.fixture(scope="module")
+def linear_sweep(spectrum_data):
+    """A two-beta sweep of pPCA with a linear encoder: the table, the pairs it measured, x."""
     x = spectrum_data[:1000]
+    pairs = []
+
+    def make_guide(model: LinearGaussian) -> AmortizedGaussian:
+        guide = AmortizedGaussian(6, 2, hidden=()).double()
+        pairs.append((model, guide))
+        return guide
+
     table = rate_distortion(
         lambda: LinearGaussian(6, 2, noise="isotropic", fixed_noise=NOISE_SCALE).double(),
-        lambda model: AmortizedGaussian(6, 2, hidden=()).double(),
+        make_guide,
         x,
         betas=(0.5, 2.0),
         steps=300,
@@ -92,13 +108,68 @@ def test_rate_distortion_table_has_one_row_per_beta_on_the_elbo_identity(spectru
         seed=0,
         jit=True,
     )
+    return table, pairs, x
+
+
+def linear_elbo(
+    model: LinearGaussian, guide: AmortizedGaussian, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per point, in closed form for pPCA with a linear Gaussian encoder: the ELBO, the rate
+    KL(q || p), and the variance under q of log p(x given z), each of shape (N,).
+
+    With q = N(m, diag(s^2)), z = m + s eps, the residual is x - W z - b = r - A eps, with
+    r = x - W m - b and A = W diag(s) (D, k), and log p(x given z) = c - |r - A eps|^2 / (2
+    sigma^2). So E_q log p(x given z) = log N(x; W m + b, sigma^2 I) - tr(A^T A) / (2 sigma^2)
+    and, eps being standard normal, Var_q |r - A eps|^2 = 4 |A^T r|^2 + 2 |A^T A|_F^2.
+    """
+    variance = NOISE_SCALE**2
+    with torch.no_grad():
+        q = guide.distribution(x).base_dist  # Normal, (N, k)
+        decoded = q.loc @ model.weight.T + model.bias  # (N, D): W m + b
+        residual = x - decoded
+        spread = model.weight * q.scale.unsqueeze(-2)  # (N, D, k): A
+        gram = spread.transpose(-1, -2) @ spread  # (N, k, k): A^T A
+        projected = (spread.transpose(-1, -2) @ residual.unsqueeze(-1)).squeeze(-1)  # (N, k)
+        log_likelihood = dist.Normal(decoded, NOISE_SCALE).log_prob(x).sum(-1)
+        log_likelihood = log_likelihood - gram.diagonal(dim1=-2, dim2=-1).sum(-1) / (2 * variance)
+        rate = kl_divergence(q, dist.Normal(0.0, 1.0)).sum(-1)
+        squared_norm_variance = 4 * projected.pow(2).sum(-1) + 2 * gram.pow(2).sum((-2, -1))
+    return log_likelihood - rate, rate, squared_norm_variance / (4 * variance**2)
+
+
+def test_rate_distortion_table_has_one_row_per_beta_in_order(linear_sweep):
+    table, _, _ = linear_sweep
     assert [row.beta for row in table.rows] == [0.5, 2.0]
-    for row in table.rows:
-        assert row.elbo == pytest.approx(-(row.rate + row.distortion))
-        assert row.elbo <= row.iw + 3 * row.iw_stderr and row.exact is not None
-    assert table.rows[0].rate > table.rows[1].rate  # a smaller beta buys rate
     assert json.loads(table.to_json())["rows"][1]["beta"] == 2.0
     assert "distortion" in str(table)
+
+
+def test_frontier_rate_is_the_closed_form_kl_of_the_trained_pair(linear_sweep):
+    table, pairs, x = linear_sweep
+    for row, (model, guide) in zip(table.rows, pairs):
+        _, rate, _ = linear_elbo(model, guide, x)
+        assert row.rate == pytest.approx(rate.mean().item(), rel=1e-9)
+
+
+def test_frontier_elbo_is_the_closed_form_elbo_of_the_trained_pair(linear_sweep):
+    """The row's ELBO is Monte Carlo (the distortion from diagnose's draws, num_particles per
+    point); it must lie within Z of its standard errors of the closed form."""
+    table, pairs, x = linear_sweep
+    for row, (model, guide) in zip(table.rows, pairs):
+        elbo, _, likelihood_variance = linear_elbo(model, guide, x)
+        stderr = likelihood_variance.sum().sqrt().item() / DIAGNOSE_DRAWS**0.5 / x.shape[0]
+        assert abs(row.elbo - elbo.mean().item()) < Z * stderr
+
+
+def test_frontier_elbo_is_below_the_iw_estimate(linear_sweep):
+    table, _, _ = linear_sweep
+    for row in table.rows:
+        assert row.elbo <= row.iw + Z * row.iw_stderr and row.exact is not None
+
+
+def test_a_smaller_beta_buys_rate(linear_sweep):
+    table, _, _ = linear_sweep
+    assert table.rows[0].rate > table.rows[1].rate
 
 
 @pytest.mark.parametrize("betas", [(), (1.0, -0.5), ("one",)])

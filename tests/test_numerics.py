@@ -10,9 +10,10 @@ import pytest
 import torch
 from _pairs import linear_gaussian
 
+import inference.bounds
 from guides import AmortizedGaussian, ExactPosterior, PriorGuide
 from inference import elbo, iw_log_marginal
-from inference.bounds import _RunningLogMeanExp
+from inference.bounds import PSIS_MAX_TAIL, _psis_tail_size, _RunningLogMeanExp, weight_diagnostics
 
 SHARP_NOISE = 0.01  # p(x given z) = N(z, 0.01^2): log weights under the prior span ~1e4 nats
 OBSERVED = 3.0
@@ -48,6 +49,85 @@ def test_points_whose_weights_are_all_zero_get_minus_infinity_not_nan():
     assert log_mean[0] == -math.inf
     torch.testing.assert_close(log_mean[1], torch.tensor(-1e4 - math.log(6)))
     assert running.ess().tolist() == [0.0, 1.0]
+
+
+def test_the_psis_tail_kept_per_point_stops_at_the_cap_for_a_million_weights():
+    num_samples, chunk = 10**6, 10**5
+    tail_size = _psis_tail_size(num_samples)
+    assert tail_size == PSIS_MAX_TAIL + 1  # psis_diagnostic's 3 sqrt(K) would keep 3001
+    log_weights = torch.randn(num_samples, 3, generator=torch.Generator().manual_seed(0))
+    running = _RunningLogMeanExp(tail_size=tail_size)
+    for piece in log_weights.double().split(chunk):
+        running.update(piece)
+        # At most the tail and fewer than tail_size rows waiting to join it, whatever K.
+        assert running._pending_rows < tail_size
+        assert running._tail is None or running._tail.shape == (tail_size, 3)
+    running.khat()
+    expected = log_weights.double().topk(tail_size, dim=0).values
+    assert torch.equal(running._tail, expected)
+
+
+@pytest.mark.parametrize("shape", [0.5, 0.9])
+@pytest.mark.parametrize("num_samples", [10_000, 100_000], ids=["below-cap", "above-cap"])
+def test_khat_recovers_the_shape_of_pareto_weights(shape, num_samples):
+    # w ~ Pareto(1, 1 / k): log w = k E with E ~ Exp(1), and every tail of w is a generalized
+    # Pareto of shape k.
+    num_points = 20
+    generator = torch.Generator().manual_seed(0)
+    log_weights = shape * torch.empty(num_samples, num_points, dtype=torch.float64).exponential_(
+        generator=generator
+    )
+    _, khat = weight_diagnostics(log_weights)
+    tail = _psis_tail_size(num_samples) - 1  # 300 below the cap, 512 above
+    # The fit's asymptotic standard error (1 + k) / sqrt(M), over 20 independent points.
+    stderr = (1 + shape) / math.sqrt(tail) / math.sqrt(num_points)
+    assert abs(khat.mean().item() - shape) < 4 * stderr
+
+
+def _fixed_log_weights(rows: torch.Tensor):
+    """A stand-in for log_importance_weights that serves the next rows of a fixed (R K, N)."""
+    served = [0]
+
+    def log_importance_weights(model, guide, inputs, num_particles, info):
+        start = served[0]
+        served[0] += num_particles
+        return rows[start : start + num_particles]
+
+    return log_importance_weights, served
+
+
+@pytest.mark.parametrize("num_replicates", [1, 3])
+@pytest.mark.parametrize("num_samples", [8, 50], ids=["K-below-chunk", "K-above-chunk"])
+def test_replicates_streamed_in_chunks_give_the_hand_computed_estimate(
+    num_samples, num_replicates, monkeypatch
+):
+    model = linear_gaussian(data_dim=4, latent_dim=2)
+    x = model.sample(5)
+    generator = torch.Generator().manual_seed(0)
+    rows = 3 * torch.randn(num_replicates * num_samples, 5, generator=generator).double()
+    fake, served = _fixed_log_weights(rows)
+    monkeypatch.setattr(inference.bounds, "log_importance_weights", fake)
+    # Chunks of 20 particles: two whole replicates of 8 at a time, or a replicate of 50 in
+    # pieces of 20, 20 and 10.
+    estimate = iw_log_marginal(
+        model,
+        PriorGuide(model),
+        x,
+        num_samples=num_samples,
+        num_replicates=num_replicates,
+        chunk_size=20,
+    )
+    assert served[0] == num_replicates * num_samples
+    grouped = rows.reshape(num_replicates, num_samples, 5)  # (R, K, N)
+    replicates = torch.logsumexp(grouped, 1) - math.log(num_samples)  # (R, N)
+    if num_replicates == 1:
+        weights = (rows - rows.max(0).values).exp()
+        ess = weights.sum(0) ** 2 / (weights**2).sum(0)
+        stderr = ((num_samples / ess - 1) / num_samples).sqrt()  # the delta method
+    else:
+        stderr = replicates.std(0) / math.sqrt(num_replicates)
+    torch.testing.assert_close(estimate.per_point, replicates.mean(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(estimate.per_point_stderr, stderr, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -5,10 +5,13 @@ import warnings
 
 import arviz as az
 import jax
+import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as numpyro_dist
 import pyro.poutine as poutine
 import pytest
 import torch
+from _pairs import linear_gaussian
 from numpyro.infer.util import log_density
 from pyro.distributions import constraints
 from pyro.nn import PyroParam
@@ -30,8 +33,9 @@ from inference import (
     to_numpyro,
 )
 from inference.arviz_export import to_inference_data
+from inference.bounds import weight_diagnostics
+from inference.numpyro_backend.bounds import _importance_estimate, _mean_and_stderr
 from lvm_models import AutoregressiveVAE, BernoulliVAE, GaussianMixture, GaussianVAE
-from tests._pairs import linear_gaussian
 
 
 def _mixture() -> GaussianMixture:
@@ -164,6 +168,51 @@ def test_elbo_agrees_with_pyro_within_standard_errors(linear):
     _assert_within_three_standard_errors(jax_estimate, torch_estimate)
 
 
+@pytest.mark.parametrize("num_samples", [3000, 40_000], ids=["below-cap", "above-cap"])
+def test_the_two_reductions_agree_on_the_same_log_weights(num_samples):
+    # Same weights in, JAX's reduction and ArviZ's fit against PyTorch's reduction and fit.
+    scales = np.linspace(0.2, 2.0, 6)
+    log_weights = scales * np.random.default_rng(0).standard_normal((num_samples, 6))
+    chunks = (jnp.asarray(part) for part in np.array_split(log_weights, 7))
+    jax_estimate = _importance_estimate(chunks, num_samples)
+    torch_weights = torch.from_numpy(log_weights)
+    ess, khat = weight_diagnostics(torch_weights)
+    log_mean = torch.logsumexp(torch_weights, 0) - math.log(num_samples)
+    torch.testing.assert_close(jax_estimate.per_point, log_mean, rtol=1e-12, atol=0)
+    torch.testing.assert_close(jax_estimate.ess, ess, rtol=1e-10, atol=0)
+    torch.testing.assert_close(jax_estimate.khat, khat, rtol=0, atol=1e-6)
+
+
+def test_streamed_khat_is_arviz_psislw_on_all_the_weights():
+    log_weights = np.random.default_rng(1).standard_t(3, size=(5000, 4))
+    chunks = (jnp.asarray(part) for part in np.array_split(log_weights, 9))
+    _, expected = az.psislw(log_weights.T, reff=1.0)
+    np.testing.assert_allclose(
+        _importance_estimate(chunks, 5000).khat.numpy(), expected, rtol=0, atol=1e-12
+    )
+
+
+def test_streamed_moments_are_the_mean_and_its_standard_error():
+    values = 1e6 + np.random.default_rng(2).standard_normal((1000, 3))  # far from zero
+    mean, stderr = _mean_and_stderr(jnp.asarray(part) for part in np.array_split(values, 6))
+    np.testing.assert_allclose(mean, values.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(stderr, values.std(0, ddof=1) / math.sqrt(1000), rtol=1e-9)
+
+
+def test_iw_estimate_of_the_exact_posterior_is_exact_with_no_tail(linear):
+    model, x = linear
+    posterior = model.posterior(x)
+    loc, scale_tril = (
+        jnp.asarray(t.detach().numpy()) for t in (posterior.loc, posterior.scale_tril)
+    )
+    exact = NumPyroGuide(lambda _: numpyro_dist.MultivariateNormal(loc, scale_tril=scale_tril))
+    estimate = numpyro_iw_log_marginal(model, exact, x, num_samples=200, seed=0)
+    expected = model.log_marginal(x).detach()
+    torch.testing.assert_close(estimate.per_point, expected, rtol=0, atol=1e-9)
+    torch.testing.assert_close(estimate.ess, torch.full((10,), 200.0, dtype=torch.float64))
+    assert bool((estimate.khat == -math.inf).all())
+
+
 def test_iw_estimate_does_not_depend_on_chunk_size(linear):
     model, x = linear
     guide = _broad_encoder(4, 2)
@@ -288,4 +337,5 @@ def test_the_lazy_names_of_inference_are_the_backends_public_names():
     import inference
     import inference.numpyro_backend as backend
 
-    assert set(inference._NUMPYRO_BACKEND_NAMES) == set(backend.__all__)
+    lazy = {name for name, module in inference._LAZY_NAMES.items() if module == backend.__name__}
+    assert lazy == set(backend.__all__)

@@ -7,14 +7,23 @@ import pytest
 import torch
 from pyro import distributions as dist
 from sklearn.decomposition import PCA
+from torch.distributions import kl_divergence
 
 from guides import AmortizedCategorical, AmortizedGaussian, ExactPosterior
 from inference._programs import inspect_pair
-from inference.train import _iwae_loss, fit
+from inference.objectives import IWAE
+from inference.train import fit
 from lvm_models import GaussianMixture, LinearGaussian, datasets
 
 LATENT_DIM = 2
-DELTA_LATENT = torch.tensor([0.5, -1.0])  # where the Delta guide puts every z
+GUIDE_SCALE = 0.5  # of the Normal guides of the remedy tests
+# Two coordinates whose KLs under those guides differ (about 0.8 and 0.4 nats), each row
+# twice, in float64: the data of PairedDraws.
+PAIRED_ROWS = (
+    torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    * torch.tensor([2.0, 0.5], dtype=torch.float64)
+    + torch.tensor([1.0, 0.0], dtype=torch.float64)
+).repeat_interleave(2, 0)  # (100, 2)
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +64,59 @@ def mean_of(losses, start: int, stop: int) -> float:
 def normal_latent_model(x: torch.Tensor) -> None:
     """p(z) = N(0, I_2), p(x given z) = N(z, I_2); no parameters."""
     with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
         pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
 
 
-def delta_guide(x: torch.Tensor) -> None:
-    """q(z given x) = Delta(DELTA_LATENT): log q = 0 and z is known, so the loss is exact."""
+class PairedDraws(dist.Normal):
+    """A Normal that draws loc + scale on the even rows of its batch and loc - scale on the odd.
+
+    Two-point Gauss-Hermite quadrature: a pair of draws has the mean and the variance of the
+    Normal, so the mean over the pair of a polynomial of degree <= 3 in z is its expectation.
+    Under ``normal_latent_model`` every term of the loss, log p(x given z), log p(z) and
+    log q(z given x), is quadratic in z: on data whose rows come in equal pairs, the
+    Monte-Carlo loss of fit is its expectation under q, exactly.
+    """
+
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)  # (..., N, 2): rows on dim -2
+        sign = torch.tensor([1.0, -1.0], dtype=self.loc.dtype).repeat(shape[-2] // 2)  # (N,)
+        return self.loc.expand(shape) + self.scale.expand(shape) * sign.unsqueeze(-1)
+
+
+def guide_distribution(x: torch.Tensor) -> dist.Normal:
+    """q(z given x) = N(x / 2, GUIDE_SCALE^2 I): its entropy, 1.45 nats, is far from 0."""
+    return dist.Normal(x / 2, GUIDE_SCALE)
+
+
+def paired_guide(x: torch.Tensor) -> None:
+    """q(z given x) of :func:`guide_distribution`, drawn at its quadrature nodes."""
+    q = guide_distribution(x)
     with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.Delta(DELTA_LATENT.expand(x.shape[0], 2), event_dim=1))
+        pyro.sample("z", PairedDraws(q.loc, q.scale).to_event(1))
 
 
-def delta_pair_loss(x: torch.Tensor, beta: float) -> float:
-    """-(mean_n log p(x_n given c) + beta log p(c)) for z = c = DELTA_LATENT."""
-    log_likelihood = dist.Normal(DELTA_LATENT, 1.0).log_prob(x).sum(-1).mean()
-    log_prior = dist.Normal(0.0, 1.0).log_prob(DELTA_LATENT).sum()
-    return -(log_likelihood + beta * log_prior).item()
+def sampling_guide(x: torch.Tensor) -> None:
+    """q(z given x) of :func:`guide_distribution`, drawn at random."""
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", guide_distribution(x).to_event(1))
+
+
+def expected_reconstruction(x: torch.Tensor) -> float:
+    """-mean_n E_q log p(x_n given z) in closed form: per dimension, E_q log N(x; z, 1) is
+    log N(x; E_q z, 1) - Var_q(z) / 2."""
+    q = guide_distribution(x)
+    return -(dist.Normal(q.loc, 1.0).log_prob(x) - q.scale**2 / 2).sum(-1).mean().item()
+
+
+def kl_per_dimension(x: torch.Tensor) -> torch.Tensor:
+    """KL(q(z_j given x_n) || p(z_j)) of each point and latent dimension, (N, 2)."""
+    return kl_divergence(guide_distribution(x), dist.Normal(0.0, 1.0))
+
+
+def beta_weighted_loss(x: torch.Tensor, beta: float) -> float:
+    """-E_q log p(x given z) + beta KL(q || p), nats per point: the beta-VAE's loss."""
+    return expected_reconstruction(x) + beta * kl_per_dimension(x).sum(-1).mean().item()
 
 
 # --- the linear VAE recovers probabilistic PCA ----------------------------------------------
@@ -136,7 +183,7 @@ def test_iwae_loss_is_pyros_renyi_bound_at_alpha_zero(ppca_data):
     x = ppca_data[:100]
     info = inspect_pair(model, guide, x)
     pyro.set_rng_seed(3)
-    ours = _iwae_loss(5, info)(model, guide, x).item()
+    ours = IWAE(5).loss(info)(model, guide, x).item()
     pyro.set_rng_seed(3)
     renyi = pyro.infer.RenyiELBO(
         alpha=0, num_particles=5, vectorize_particles=True, max_plate_nesting=1
@@ -255,20 +302,57 @@ def test_plain_function_model_with_param_store_networks_trains(ppca_data):
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0, 2.5])
-def test_beta_weights_only_the_latent_log_densities(ppca_data, beta):
-    x = ppca_data[:100, :2]
-    result = fit(normal_latent_model, delta_guide, x, steps=1, beta=beta, progress=False)
-    assert result.history.losses[0] == pytest.approx(delta_pair_loss(x, beta), rel=1e-6)
-
-
-def test_kl_warmup_raises_beta_linearly(ppca_data):
-    x = ppca_data[:100, :2]
-    result = fit(
-        normal_latent_model, delta_guide, x, steps=6, beta=2.0, kl_warmup_steps=4, progress=False
+def test_beta_weights_the_latent_log_densities_in_model_and_guide(beta):
+    """The loss is -E_q log p(x given z) + beta KL, so beta multiplies log p(z) and log q."""
+    result = fit(normal_latent_model, paired_guide, PAIRED_ROWS, steps=1, beta=beta, progress=False)
+    assert result.history.losses[0] == pytest.approx(
+        beta_weighted_loss(PAIRED_ROWS, beta), rel=1e-9
     )
-    betas = [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
-    expected = [delta_pair_loss(x, beta) for beta in betas]
-    assert result.history.losses == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.3, 2.5])
+def test_beta_loss_with_random_draws_is_unbiased_for_the_closed_form(beta):
+    steps = 200  # independent one-draw estimates at the same (parameter-free) pair
+    result = fit(
+        normal_latent_model, sampling_guide, PAIRED_ROWS, steps=steps, beta=beta, progress=False
+    )
+    losses = torch.tensor(result.history.losses, dtype=torch.float64)
+    stderr = losses.std().item() / math.sqrt(steps)
+    assert abs(losses.mean().item() - beta_weighted_loss(PAIRED_ROWS, beta)) < 4 * stderr
+
+
+def test_kl_warmup_raises_beta_linearly():
+    """Step t (from 0) weighs the KL by beta * min(1, (t + 1) / W): 2.0 over W = 4 steps."""
+    result = fit(
+        normal_latent_model,
+        paired_guide,
+        PAIRED_ROWS,
+        steps=6,
+        beta=2.0,
+        kl_warmup_steps=4,
+        progress=False,
+    )
+    schedule = [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    expected = [beta_weighted_loss(PAIRED_ROWS, beta) for beta in schedule]
+    assert result.history.losses == pytest.approx(expected, rel=1e-9)
+
+
+def test_free_bits_floors_each_dimensions_kl_and_keeps_the_reconstruction():
+    """Loss = -E_q log p(x given z) + sum_j max(lambda, KL_j), KL_j the batch-mean KL of
+    dimension j: lambda = 0.6 lifts the second dimension's KL to 0.6 and leaves the first."""
+    free_bits = 0.6
+    kl = kl_per_dimension(PAIRED_ROWS).mean(0)  # (2,)
+    assert kl[1] < free_bits < kl[0]  # the floor binds on one dimension only
+    result = fit(
+        normal_latent_model,
+        paired_guide,
+        PAIRED_ROWS,
+        steps=1,
+        free_bits=free_bits,
+        progress=False,
+    )
+    expected = expected_reconstruction(PAIRED_ROWS) + kl[0].item() + free_bits
+    assert result.history.losses[0] == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("num_particles", [1, 3])

@@ -8,7 +8,8 @@
   NumPyro's handlers and ``jax.vmap`` / ``jax.jit``.
 - :mod:`~inference.numpyro_backend.reference`: :func:`nuts_log_marginal`, a reference log
   p(x) for models without an oracle (NUTS on p(z given x), a Student-t proposal fitted to
-  the draws, a large-K importance estimate), and :func:`amortization_gap`.
+  the draws, a large-K importance estimate), and :func:`inference_gap` (log p(x) minus the
+  encoder's bound; ``amortization_gap`` is its deprecated old name).
 
 Importing this package turns on JAX's 64-bit mode (``numpyro.enable_x64()``): the mirrors
 compute in float64, as the PyTorch models do in the tests, so exact values agree to 1e-5.
@@ -25,6 +26,7 @@ from inference.numpyro_backend.reference import (
     ReferenceEstimate,
     UnreliableReferenceWarning,
     amortization_gap,
+    inference_gap,
     nuts_log_marginal,
 )
 
@@ -34,6 +36,7 @@ __all__ = [
     "ReferenceEstimate",
     "UnreliableReferenceWarning",
     "amortization_gap",
+    "inference_gap",
     "numpyro_elbo",
     "numpyro_exact_log_marginal",
     "numpyro_iw_log_marginal",

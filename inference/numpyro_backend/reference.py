@@ -128,15 +128,17 @@ def nuts_log_marginal(
     )
 
 
-def amortization_gap(reference: Estimate, encoder: Estimate) -> Estimate:
+def inference_gap(reference: Estimate, encoder: Estimate) -> Estimate:
     """How much tighter the reference log p(x) is than the encoder's estimate, per point.
 
     gap(x) = log p(x) - IW_K[q](x) in nats, non-negative in expectation, with ``reference``
     from :func:`nuts_log_marginal` (or an exact value as an :class:`~inference.Estimate`
     with zero standard errors) and ``encoder`` the amortised encoder's ``iw_log_marginal``
-    (PyTorch or NumPyro) on the same x. At K = 1 this is the inference gap of Cremer, Li and
-    Duvenaud (2018), "Inference suboptimality in variational autoencoders"; it shrinks to 0
-    as K grows, and how fast says how good the encoder is.
+    (PyTorch or NumPyro) on the same x. At K = 1 (the ELBO) this is the inference gap of
+    Cremer, Li and Duvenaud (2018), "Inference suboptimality in variational autoencoders":
+    the approximation gap (what the variational family costs) plus the amortisation gap
+    (what sharing one encoder across points costs); :func:`inference.gaps.gap_decomposition`
+    separates the two. It shrinks to 0 as K grows, and how fast says how good the encoder is.
 
     :returns: an :class:`~inference.Estimate` (N,) whose standard errors combine both.
     """
@@ -147,6 +149,22 @@ def amortization_gap(reference: Estimate, encoder: Estimate) -> Estimate:
         )
     stderr = torch.hypot(reference.per_point_stderr, encoder.per_point_stderr.double())
     return Estimate(reference.per_point - encoder.per_point.double(), stderr, encoder.num_samples)
+
+
+def amortization_gap(reference: Estimate, encoder: Estimate) -> Estimate:
+    """Deprecated: the old name of :func:`inference_gap`, which it returns. The figure is the
+    whole inference gap, not the amortisation gap of Cremer et al. (2018) alone (see
+    :func:`inference.gaps.gap_decomposition` for that).
+
+    :returns: :func:`inference_gap` of the same arguments.
+    """
+    warnings.warn(
+        "amortization_gap is deprecated: it measures the inference gap (approximation plus "
+        "amortisation); call inference_gap, or inference.gap_decomposition for the parts",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return inference_gap(reference, encoder)
 
 
 @jax.jit

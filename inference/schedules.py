@@ -1,0 +1,79 @@
+"""The weight of the KL term over a run: the beta that each step of :func:`~inference.fit` uses.
+
+fit multiplies the log-densities of the latent sites, in model and guide, by the weight
+beta_t of step t, so the bound it maximises at that step is
+``E_q[log p(x given z)] - beta_t KL(q(z given x) || p(z))`` (beta-VAE, Higgins et al., 2017).
+
+A schedule is a small frozen dataclass, called as ``schedule(step, steps)``: the weight of
+step ``step`` (counted from 0) of a run of ``steps``. ``fit(beta=..., kl_warmup_steps=...)``
+names one of these; ``fit(kl_schedule=...)`` passes one directly. A new schedule is a new
+subclass of :class:`KLSchedule`: cyclical annealing (Fu et al., 2019), for one, splits the
+``steps`` into M cycles and raises the weight linearly over the first fraction R of each.
+
+Example::
+
+    fit(model, guide, x, steps=5000, kl_schedule=LinearWarmup(beta=1.0, warmup_steps=1000))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from inference._validate import check_finite_number, check_positive_int
+
+
+class KLSchedule:
+    """What :func:`~inference.fit` asks of a KL-weight schedule; subclasses are frozen
+    dataclasses that implement ``__call__``.
+
+    :cvar constant: the weight is the same at every step (a compiled objective needs that).
+    """
+
+    constant: ClassVar[bool] = False
+
+    def __call__(self, step: int, steps: int) -> float:
+        """The KL weight of step ``step`` (from 0) of a run of ``steps`` steps."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its weights")
+
+    def options(self) -> dict[str, object]:
+        """What a checkpoint records of the schedule, which a resumed run must match: by
+        default the value itself (its repr). The schedules here keep the keys of checkpoint
+        format 2 (fit's ``beta`` and ``kl_warmup_steps``), so older checkpoints still resume."""
+        return {"kl_schedule": repr(self)}
+
+
+@dataclass(frozen=True)
+class ConstantBeta(KLSchedule):
+    """beta_t = ``beta`` at every step: the ELBO at 1 (the default), a beta-VAE otherwise."""
+
+    beta: float = 1.0
+    constant: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_finite_number("beta", self.beta)
+
+    def __call__(self, step: int, steps: int) -> float:
+        return self.beta
+
+    def options(self) -> dict[str, object]:
+        return {"beta": self.beta, "kl_warmup_steps": 0}
+
+
+@dataclass(frozen=True)
+class LinearWarmup(KLSchedule):
+    """beta_t = ``beta * min(1, (t + 1) / warmup_steps)``: the weight rises linearly to ``beta``
+    over the first ``warmup_steps`` steps, then stays (KL annealing, Bowman et al., 2016)."""
+
+    beta: float
+    warmup_steps: int
+
+    def __post_init__(self) -> None:
+        check_finite_number("beta", self.beta)
+        check_positive_int("warmup_steps", self.warmup_steps)
+
+    def __call__(self, step: int, steps: int) -> float:
+        return self.beta * min(1.0, (step + 1) / self.warmup_steps)
+
+    def options(self) -> dict[str, object]:
+        return {"beta": self.beta, "kl_warmup_steps": self.warmup_steps}
