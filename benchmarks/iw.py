@@ -33,8 +33,8 @@ PYRO_POINTS = 200  # Pyro's paths hold K x N particles: the digits at K = 1,000 
 
 
 def default_chunk(num_data: int) -> int:
-    """The library's default chunk of particles (``inference.bounds``), for both estimates;
-    written out so that a hand-written worker never imports the library."""
+    """The library's default chunk of particles (``inference.estimators.bounds``), for both
+    estimates; written out so that a hand-written worker never imports the library."""
     return max(1, 2**16 // num_data)
 
 

@@ -11,18 +11,18 @@ import importlib.util
 from pathlib import Path
 
 from inference._programs import VectorizationWarning
-from inference.ais import AISEstimate, BDMCResult, ais_log_marginal, bdmc
-from inference.bounds import Estimate, ImportanceEstimate, elbo, iw_log_marginal
-from inference.checks import BoundsReport, check_bounds
-from inference.compare import Comparison, ComparisonRow, compare
-from inference.diagnostics import Diagnosis, diagnose
-from inference.evidence import EvidenceEstimate, log_evidence
-from inference.exact import NoExactValueError, exact_log_marginal
-from inference.frontier import RateDistortion, rate_distortion
-from inference.gaps import GapDecomposition, gap_decomposition
-from inference.objectives import ELBO, IWAE, FreeBits, JitELBO, Objective
-from inference.schedules import ConstantBeta, KLSchedule, LinearWarmup
-from inference.train import FitResult, History, fit
+from inference.estimators.ais import AISEstimate, BDMCResult, ais_log_marginal, bdmc
+from inference.estimators.bounds import Estimate, ImportanceEstimate, elbo, iw_log_marginal
+from inference.estimators.checks import BoundsReport, check_bounds
+from inference.estimators.compare import Comparison, ComparisonRow, compare
+from inference.estimators.diagnostics import Diagnosis, diagnose
+from inference.estimators.evidence import EvidenceEstimate, log_evidence
+from inference.estimators.exact import NoExactValueError, exact_log_marginal
+from inference.estimators.gaps import GapDecomposition, gap_decomposition
+from inference.studies.frontier import RateDistortion, rate_distortion
+from inference.training.objectives import ELBO, IWAE, FreeBits, JitELBO, Objective
+from inference.training.schedules import ConstantBeta, KLSchedule, LinearWarmup
+from inference.training.train import FitResult, History, fit
 
 
 def _public_names(module: str) -> list[str]:
@@ -39,13 +39,19 @@ def _public_names(module: str) -> list[str]:
 # These names load their module on first use: the NumPyro backend imports JAX and NumPyro and
 # turns on JAX's 64-bit mode, the ArviZ export imports ArviZ; a user of the PyTorch estimators
 # should pay for neither. Their lists are the modules' own ``__all__``, not copies.
-_LAZY_MODULES = ("inference.numpyro_backend", "inference.arviz_export")
+_LAZY_MODULES = ("inference.backends.numpyro", "inference.backends.arviz")
 _LAZY_NAMES = {name: module for module in _LAZY_MODULES for name in _public_names(module)}
+
+
+# The backends' modules under the names they had before the package had subpackages.
+_MOVED_MODULES = {"numpyro_backend": _LAZY_MODULES[0], "arviz_export": _LAZY_MODULES[1]}
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY_NAMES:
         return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    if name in _MOVED_MODULES:
+        return importlib.import_module(_MOVED_MODULES[name])
     raise AttributeError(f"module 'inference' has no attribute {name!r}")
 
 

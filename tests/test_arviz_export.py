@@ -11,7 +11,7 @@ from _pairs import ChainModel, linear_gaussian
 
 from guides import AmortizedGaussian, ExactPosterior, PriorGuide
 from inference import fit
-from inference.arviz_export import (
+from inference.backends.arviz import (
     importance_weight_diagnostics,
     importance_weighted_summary,
     to_inference_data,

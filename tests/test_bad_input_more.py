@@ -16,8 +16,8 @@ from test_bad_input import test_bad_input_gets_an_error_naming_the_problem as ch
 
 from guides import AmortizedCategorical, AmortizedGaussian, MeanField, PriorGuide
 from inference import rate_distortion
-from inference.cli import main
-from inference.frontier import linear_beta_optimum
+from inference.studies.cli import main
+from inference.studies.frontier import linear_beta_optimum
 from lvm_models import (
     AutoregressiveVAE,
     BernoulliVAE,

@@ -11,7 +11,7 @@ from _pairs import ChainModel, linear_gaussian
 
 from guides import AmortizedCategorical, AmortizedGaussian, ExactPosterior, PriorGuide
 from inference import compare, diagnose, elbo, exact_log_marginal, fit, iw_log_marginal
-from inference.bounds import Estimate
+from inference.estimators.bounds import Estimate
 from lvm_models import GaussianMixture, GaussianVAE
 
 Z = 4.0  # standard errors: a correct estimator strays this far with probability 6e-5

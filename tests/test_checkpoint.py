@@ -13,7 +13,7 @@ import torch
 
 from guides import AmortizedGaussian
 from inference import fit
-from inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from inference.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lvm_models import GaussianVAE, LinearGaussian, datasets
 
 STEPS = 40
@@ -134,7 +134,7 @@ def test_resuming_with_other_options_is_refused(data, tmp_path):
 
 def lvm_fit(*arguments: str) -> subprocess.Popen:
     common = ["--eval-points", "20", "--num-samples", "1", "--quiet", "--batch-size", "64"]
-    command = [sys.executable, "-m", "inference.cli", "fit", *arguments, *common]
+    command = [sys.executable, "-m", "inference.studies.cli", "fit", *arguments, *common]
     # One thread each: the runs overlap, and two multi-threaded ones would fight for 2 cores.
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -199,7 +199,7 @@ def test_a_half_formed_checkpoint_is_refused_before_any_state_is_touched(tmp_pat
     import hashlib
     import io
 
-    from inference.checkpoint import FORMAT, VERSION
+    from inference.training.checkpoint import FORMAT, VERSION
 
     body = io.BytesIO()
     torch.save({"step": 3}, body)

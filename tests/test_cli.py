@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from inference.cli import main
+from inference.studies.cli import main
 
 
 def test_fit_writes_json_with_diagnosis_and_comparison(tmp_path, capsys):
@@ -45,7 +45,7 @@ def test_list_names_data_models_and_guides(capsys):
 )
 def test_unknown_names_exit_2_with_one_line(argument, value):
     result = subprocess.run(
-        [sys.executable, "-m", "inference.cli", "fit", argument, value, "--steps", "1"],
+        [sys.executable, "-m", "inference.studies.cli", "fit", argument, value, "--steps", "1"],
         capture_output=True,
         text=True,
     )

@@ -17,7 +17,7 @@ def run(tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "inference.cli",
+            "inference.studies.cli",
             "collapse",
             "--quick",
             "--quiet",

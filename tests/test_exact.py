@@ -158,9 +158,9 @@ def test_model_without_data_plate_is_rejected_by_name():
 
 
 def test_quadrature_refines_a_grid_that_starts_too_coarse(monkeypatch):
-    import inference._quadrature
+    import inference.estimators._quadrature
 
-    monkeypatch.setattr(inference._quadrature, "_NODES_PER_SD", 0.2)  # five sds per step
+    monkeypatch.setattr(inference.estimators._quadrature, "_NODES_PER_SD", 0.2)  # five sds per step
     model = linear_gaussian(6, 2, 0.3)
     x = model.sample(10)
     estimate = exact_log_marginal(_as_plain_function(model), x)
@@ -168,9 +168,9 @@ def test_quadrature_refines_a_grid_that_starts_too_coarse(monkeypatch):
 
 
 def test_quadrature_gives_up_with_a_clear_error_when_the_grid_limit_is_reached(monkeypatch):
-    import inference._quadrature
+    import inference.estimators._quadrature
 
-    monkeypatch.setitem(inference._quadrature._MAX_NODES, 2, 100)
+    monkeypatch.setitem(inference.estimators._quadrature._MAX_NODES, 2, 100)
     model = linear_gaussian(6, 2, 0.3)
     with pytest.raises(NoExactValueError, match="nodes"):
         exact_log_marginal(_as_plain_function(model), model.sample(5))

@@ -14,14 +14,14 @@ from pyro.ops.stats import fit_generalized_pareto
 from guides import AmortizedGaussian
 from inference import fit
 from inference._programs import Inputs, inspect_pair
-from inference.bounds import (
+from inference.estimators.bounds import (
     _generalized_pareto_shape,
     _psis_tail_size,
     _RunningLogMeanExp,
     weight_diagnostics,
 )
-from inference.optim import MultiTensorAdam
-from inference.train import _ScaleLatent, _svi_step
+from inference.training.optim import MultiTensorAdam
+from inference.training.train import _ScaleLatent, _svi_step
 from lvm_models import BernoulliVAE, datasets
 from lvm_models._base import unique_pyro_name
 

@@ -14,8 +14,8 @@ from torch.distributions import kl_divergence
 
 from guides import AmortizedGaussian
 from inference import fit, rate_distortion
-from inference.diagnostics import diagnose
-from inference.frontier import linear_beta_optimum
+from inference.estimators.diagnostics import diagnose
+from inference.studies.frontier import linear_beta_optimum
 from lvm_models import GaussianVAE, LinearGaussian
 
 NOISE_SCALE = 0.5  # sigma^2 = 0.25
@@ -179,7 +179,7 @@ def test_bad_betas_are_named(spectrum_data, betas):
 
 
 def test_lvm_frontier_quick_writes_the_table_and_both_plots(tmp_path):
-    command = [sys.executable, "-m", "inference.cli", "frontier", "--quick", "--quiet"]
+    command = [sys.executable, "-m", "inference.studies.cli", "frontier", "--quick", "--quiet"]
     completed = subprocess.run(
         [*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600
     )

@@ -38,12 +38,12 @@ from test_train import (
 from test_train import test_kl_warmup_raises_beta_linearly as kl_warmup_raises_beta_linearly
 from test_train import test_loss_is_nats_per_point as loss_is_nats_per_point
 
-import inference.bounds
-import inference.train
+import inference.estimators.bounds
+import inference.training.train
 from guides import ExactPosterior
 from inference import check_bounds, iw_log_marginal
 from inference._programs import log_density_per_point, vectorized_traces
-from inference.objectives import IWAE
+from inference.training.objectives import IWAE
 from lvm_models import datasets
 
 Z = 4.0  # standard errors: a correct estimate strays this far with probability 6e-5
@@ -92,7 +92,7 @@ def _feed_summing_instead_of_averaging(self, log_weights, replicates, num_sample
     self.update(torch.logsumexp(grouped, 1))
 
 
-_log_mean_exp = inference.bounds._RunningLogMeanExp.log_mean_exp
+_log_mean_exp = inference.estimators.bounds._RunningLogMeanExp.log_mean_exp
 
 
 def _log_sum_exp_instead_of_log_mean_exp(self):
@@ -178,7 +178,9 @@ def test_a_correct_estimator_passes(sharp):
 
 def test_an_elbo_that_forgets_the_kl_term_is_caught(sharp, monkeypatch):
     model, x = sharp
-    monkeypatch.setattr(inference.bounds, "log_importance_weights", _log_weights_without_the_kl)
+    monkeypatch.setattr(
+        inference.estimators.bounds, "log_importance_weights", _log_weights_without_the_kl
+    )
     with pytest.raises(AssertionError, match=r"violated ELBO <= "):
         check_bounds(model, ExactPosterior(model), x)
 
@@ -186,7 +188,9 @@ def test_an_elbo_that_forgets_the_kl_term_is_caught(sharp, monkeypatch):
 def test_a_guide_log_density_with_the_wrong_sign_is_caught(sharp, monkeypatch):
     model, x = sharp
     monkeypatch.setattr(
-        inference.bounds, "log_importance_weights", _log_weights_with_the_guide_sign_flipped
+        inference.estimators.bounds,
+        "log_importance_weights",
+        _log_weights_with_the_guide_sign_flipped,
     )
     with pytest.raises(AssertionError, match=r"violated .* <= log p\(x\)"):
         check_bounds(model, ExactPosterior(model), x)
@@ -195,7 +199,7 @@ def test_a_guide_log_density_with_the_wrong_sign_is_caught(sharp, monkeypatch):
 def test_an_iw_estimate_that_sums_instead_of_averaging_is_caught(sharp, monkeypatch):
     model, x = sharp
     monkeypatch.setattr(
-        inference.bounds._RunningMoments, "feed", _feed_summing_instead_of_averaging
+        inference.estimators.bounds._RunningMoments, "feed", _feed_summing_instead_of_averaging
     )
     with pytest.raises(AssertionError, match=r"violated IW_\d+ <= "):
         check_bounds(model, ExactPosterior(model), x, num_samples=(1, 100))
@@ -210,7 +214,9 @@ def test_an_oracle_that_is_off_by_a_little_is_caught(sharp):
 
 def test_the_error_names_points_and_figures(sharp, monkeypatch):
     model, x = sharp
-    monkeypatch.setattr(inference.bounds, "log_importance_weights", _log_weights_without_the_kl)
+    monkeypatch.setattr(
+        inference.estimators.bounds, "log_importance_weights", _log_weights_without_the_kl
+    )
     with pytest.raises(AssertionError) as failure:
         check_bounds(model, ExactPosterior(model), x)
     message = str(failure.value)
@@ -221,14 +227,18 @@ def test_the_error_names_points_and_figures(sharp, monkeypatch):
 def test_an_iw_estimate_without_the_guide_density_is_caught(sharp, monkeypatch):
     # The posterior is sharp: E_q log q > 0, so dropping it lifts the "ELBO" above log p(x).
     model, x = sharp
-    monkeypatch.setattr(inference.bounds, "log_importance_weights", _log_weights_without_the_guide)
+    monkeypatch.setattr(
+        inference.estimators.bounds, "log_importance_weights", _log_weights_without_the_guide
+    )
     with pytest.raises(AssertionError, match=r"violated ELBO <= log p\(x\)"):
         check_bounds(model, ExactPosterior(model), x)
 
 
 def test_one_iw_estimate_that_sums_instead_of_averaging_is_caught(sharp, monkeypatch):
     monkeypatch.setattr(
-        inference.bounds._RunningLogMeanExp, "log_mean_exp", _log_sum_exp_instead_of_log_mean_exp
+        inference.estimators.bounds._RunningLogMeanExp,
+        "log_mean_exp",
+        _log_sum_exp_instead_of_log_mean_exp,
     )
     with pytest.raises(AssertionError):
         iw_of_exact_posterior_is_exact(sharp, 7)
@@ -244,7 +254,9 @@ def test_an_iwae_loss_without_its_log_k_is_caught(monkeypatch):
 @pytest.mark.parametrize("beta", [0.0, 2.5])
 def test_beta_on_the_models_latent_sites_only_is_caught(monkeypatch, beta):
     monkeypatch.setattr(
-        inference.train._ScaleLatent, "_process_message", _scale_only_the_models_latent_sites
+        inference.training.train._ScaleLatent,
+        "_process_message",
+        _scale_only_the_models_latent_sites,
     )
     with pytest.raises(AssertionError):
         beta_weighs_model_and_guide(beta)
@@ -252,7 +264,9 @@ def test_beta_on_the_models_latent_sites_only_is_caught(monkeypatch, beta):
 
 def test_a_kl_warm_up_on_the_models_latent_sites_only_is_caught(monkeypatch):
     monkeypatch.setattr(
-        inference.train._ScaleLatent, "_process_message", _scale_only_the_models_latent_sites
+        inference.training.train._ScaleLatent,
+        "_process_message",
+        _scale_only_the_models_latent_sites,
     )
     with pytest.raises(AssertionError):
         kl_warmup_raises_beta_linearly()
@@ -268,6 +282,6 @@ def test_the_iw_stderr_is_the_spread_of_independent_estimates(linear_pair):
 )
 def test_a_wrong_iw_stderr_is_caught(linear_pair, monkeypatch, mutant):
     model, x = linear_pair
-    monkeypatch.setattr(inference.bounds, "_delta_method_stderr", mutant)
+    monkeypatch.setattr(inference.estimators.bounds, "_delta_method_stderr", mutant)
     with pytest.raises(AssertionError, match="stderr"):
         assert_iw_stderr_is_the_spread_of_independent_estimates(model, x)

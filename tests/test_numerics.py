@@ -10,10 +10,15 @@ import pytest
 import torch
 from _pairs import linear_gaussian
 
-import inference.bounds
+import inference.estimators.bounds
 from guides import AmortizedGaussian, ExactPosterior, PriorGuide
 from inference import elbo, iw_log_marginal
-from inference.bounds import PSIS_MAX_TAIL, _psis_tail_size, _RunningLogMeanExp, weight_diagnostics
+from inference.estimators.bounds import (
+    PSIS_MAX_TAIL,
+    _psis_tail_size,
+    _RunningLogMeanExp,
+    weight_diagnostics,
+)
 
 SHARP_NOISE = 0.01  # p(x given z) = N(z, 0.01^2): log weights under the prior span ~1e4 nats
 OBSERVED = 3.0
@@ -106,7 +111,7 @@ def test_replicates_streamed_in_chunks_give_the_hand_computed_estimate(
     generator = torch.Generator().manual_seed(0)
     rows = 3 * torch.randn(num_replicates * num_samples, 5, generator=generator).double()
     fake, served = _fixed_log_weights(rows)
-    monkeypatch.setattr(inference.bounds, "log_importance_weights", fake)
+    monkeypatch.setattr(inference.estimators.bounds, "log_importance_weights", fake)
     # Chunks of 20 particles: two whole replicates of 8 at a time, or a replicate of 50 in
     # pieces of 20, 20 and 10.
     estimate = iw_log_marginal(

@@ -32,9 +32,9 @@ from inference import (
     nuts_log_marginal,
     to_numpyro,
 )
-from inference.arviz_export import to_inference_data
-from inference.bounds import weight_diagnostics
-from inference.numpyro_backend.bounds import _importance_estimate, _mean_and_stderr
+from inference.backends.arviz import to_inference_data
+from inference.backends.numpyro.bounds import _importance_estimate, _mean_and_stderr
+from inference.estimators.bounds import weight_diagnostics
 from lvm_models import AutoregressiveVAE, BernoulliVAE, GaussianMixture, GaussianVAE
 
 
@@ -335,7 +335,7 @@ def test_estimators_check_x(linear):
 
 def test_the_lazy_names_of_inference_are_the_backends_public_names():
     import inference
-    import inference.numpyro_backend as backend
+    import inference.backends.numpyro as backend
 
     lazy = {name for name, module in inference._LAZY_NAMES.items() if module == backend.__name__}
     assert lazy == set(backend.__all__)

@@ -10,9 +10,9 @@ import torch
 
 from guides import AmortizedGaussian
 from inference import fit
-from inference.checkpoint import CheckpointError, load_checkpoint
-from inference.objectives import ELBO, IWAE, FreeBits, JitELBO
-from inference.schedules import ConstantBeta, KLSchedule, LinearWarmup
+from inference.training.checkpoint import CheckpointError, load_checkpoint
+from inference.training.objectives import ELBO, IWAE, FreeBits, JitELBO
+from inference.training.schedules import ConstantBeta, KLSchedule, LinearWarmup
 from lvm_models import GaussianMixture, GaussianVAE, datasets
 
 X = datasets.correlated_gaussian(num_data=80, data_dim=4, seed=0).x

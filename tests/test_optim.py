@@ -5,8 +5,8 @@ import torch
 from pyro import distributions as dist
 
 from guides import AmortizedGaussian
-from inference.optim import MultiTensorAdam
-from inference.train import fit
+from inference.training.optim import MultiTensorAdam
+from inference.training.train import fit
 from lvm_models import GaussianVAE, datasets
 
 

@@ -15,8 +15,8 @@ from sklearn.decomposition import FactorAnalysis
 
 from guides import ExactPosterior, PriorGuide
 from inference import check_bounds, elbo, exact_log_marginal
-from inference.analytic import analytic_elbo
-from inference.bounds import Estimate
+from inference.estimators.analytic import analytic_elbo
+from inference.estimators.bounds import Estimate
 from inference.strategies import (
     categorical_guides,
     data_from,

@@ -12,8 +12,8 @@ from _pairs import linear_gaussian
 
 from guides import AmortizedGaussian, PriorGuide
 from inference import exact_log_marginal, fit, iw_log_marginal
-from inference.experiments import QUICK_BUDGET
-from inference.remedies import RemedyResult, format_remedies, log_px_change, price_remedies
+from inference.studies.experiments import QUICK_BUDGET
+from inference.studies.remedies import RemedyResult, format_remedies, log_px_change, price_remedies
 from lvm_models import GaussianVAE
 
 NUM_SAMPLES = 200

@@ -11,8 +11,8 @@ from torch.distributions import kl_divergence
 
 from guides import AmortizedCategorical, AmortizedGaussian, ExactPosterior
 from inference._programs import inspect_pair
-from inference.objectives import IWAE
-from inference.train import fit
+from inference.training.objectives import IWAE
+from inference.training.train import fit
 from lvm_models import GaussianMixture, LinearGaussian, datasets
 
 LATENT_DIM = 2

@@ -12,9 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from inference.experiments import REFERENCE_LABELS, ExperimentResult  # noqa: E402
-from inference.frontier import RateDistortion  # noqa: E402
-from inference.sandwich import SandwichCurve  # noqa: E402
+from inference.studies.experiments import REFERENCE_LABELS, ExperimentResult  # noqa: E402
+from inference.studies.frontier import RateDistortion  # noqa: E402
+from inference.studies.sandwich import SandwichCurve  # noqa: E402
 
 _COLUMNS = 3
 

@@ -16,9 +16,9 @@ from numpyro.infer import MCMC, NUTS
 from torch import nn
 
 from inference._validate import check_positive_int
-from inference.bounds import Estimate, ImportanceEstimate
-from inference.numpyro_backend.bounds import importance_estimate
-from inference.numpyro_backend.mirror import NumPyroGuide, NumPyroModel, as_mirror, jax_data
+from inference.backends.numpyro.bounds import importance_estimate
+from inference.backends.numpyro.mirror import NumPyroGuide, NumPyroModel, as_mirror, jax_data
+from inference.estimators.bounds import Estimate, ImportanceEstimate
 
 MAX_RHAT = 1.01  # Vehtari et al. (2021): rank-normalised split R-hat above this is not converged
 MIN_BULK_ESS_PER_CHAIN = 100  # ibid.: at least 100 effective draws per chain
@@ -137,8 +137,9 @@ def inference_gap(reference: Estimate, encoder: Estimate) -> Estimate:
     (PyTorch or NumPyro) on the same x. At K = 1 (the ELBO) this is the inference gap of
     Cremer, Li and Duvenaud (2018), "Inference suboptimality in variational autoencoders":
     the approximation gap (what the variational family costs) plus the amortisation gap
-    (what sharing one encoder across points costs); :func:`inference.gaps.gap_decomposition`
-    separates the two. It shrinks to 0 as K grows, and how fast says how good the encoder is.
+    (what sharing one encoder across points costs);
+    :func:`inference.estimators.gaps.gap_decomposition` separates the two. It shrinks to 0 as
+    K grows, and how fast says how good the encoder is.
 
     :returns: an :class:`~inference.Estimate` (N,) whose standard errors combine both.
     """
@@ -154,7 +155,7 @@ def inference_gap(reference: Estimate, encoder: Estimate) -> Estimate:
 def amortization_gap(reference: Estimate, encoder: Estimate) -> Estimate:
     """Deprecated: the old name of :func:`inference_gap`, which it returns. The figure is the
     whole inference gap, not the amortisation gap of Cremer et al. (2018) alone (see
-    :func:`inference.gaps.gap_decomposition` for that).
+    :func:`inference.estimators.gaps.gap_decomposition` for that).
 
     :returns: :func:`inference_gap` of the same arguments.
     """

@@ -9,7 +9,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 from inference._programs import inspect_pair, trace_program
 from inference._validate import check_data
-from inference.diagnostics import as_multivariate_normal
+from inference.estimators.diagnostics import as_multivariate_normal
 from lvm_models import LinearGaussian
 
 

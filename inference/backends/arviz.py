@@ -39,8 +39,8 @@ from inference._programs import (
     vectorized_traces,
 )
 from inference._validate import check_data, check_positive_int
-from inference.bounds import _chunk_sizes, _default_chunk_size, weight_diagnostics
-from inference.train import History
+from inference.estimators.bounds import _chunk_sizes, _default_chunk_size, weight_diagnostics
+from inference.training.train import History
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # ArviZ announces its refactor on import
@@ -71,7 +71,7 @@ def to_inference_data(
     :param x: data (N, D).
     :param num_draws: K, draws z_k ~ q(z given x) per point (memory grows with K * N: this is
         an export of the draws, not a streamed estimate).
-    :param history: a :class:`~inference.train.History` or a dict of per-step lists.
+    :param history: a :class:`~inference.training.train.History` or a dict of per-step lists.
     :param reference_draws: site name -> (chain, draw, N, ...) draws of p(z given x).
     :param seed: seeds the draws; None uses the caller's RNG.
     :returns: an ``arviz.InferenceData`` with the groups listed in the module docstring.

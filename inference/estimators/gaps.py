@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -28,10 +29,10 @@ from guides import MeanField
 from inference._programs import Inputs, evaluation_mode, prepare_pair, seeded, trace_program
 from inference._sites import modules_of
 from inference._validate import check_per_point, check_positive_int, check_seed
-from inference.bounds import Estimate, elbo, iw_log_marginal
-from inference.exact import NoExactValueError, exact_log_marginal
-from inference.optim import MultiTensorAdam
-from inference.train import fit
+from inference.estimators.bounds import Estimate, elbo, iw_log_marginal
+from inference.estimators.exact import NoExactValueError, exact_log_marginal
+from inference.training.optim import MultiTensorAdam
+from inference.training.train import fit
 
 GAP_BOUNDS = ("elbo", "iw")
 _FIT_PARTICLES = 32  # ELBO draws per point and step while fitting q*: little gradient noise
@@ -107,7 +108,7 @@ def gap_decomposition(
        batch, ``steps`` steps of Adam from ``lr`` decaying geometrically to lr / 100) with the
        model's parameters held fixed: hidden from SVI by ``poutine.block`` and their
        ``requires_grad`` off for the fit, then restored. L[q*] as in step 1, fresh draws.
-    3. log p(x): ``exact`` if given, else ``reference`` (e.g. :func:`inference.numpyro_backend.
+    3. log p(x): ``exact`` if given, else ``reference`` (e.g. :func:`inference.backends.numpyro.
        nuts_log_marginal`), else :func:`inference.exact_log_marginal` where it has a route,
        else IW with q* as proposal and K = ``reference_samples`` (a stochastic lower bound, so
        the approximation gap is then one too).
@@ -262,7 +263,9 @@ def _held_fixed(model: Callable, inputs: Inputs) -> Iterator[Callable]:
     try:
         for tensor in tensors.values():
             tensor.requires_grad_(False)
-        yield poutine.block(model, hide_types=["param"])
+        with warnings.catch_warnings():  # Pyro notes each frozen network weight it skips
+            warnings.filterwarnings("ignore", message=".*not registered in the param store")
+            yield poutine.block(model, hide_types=["param"])
     finally:
         for key, tensor in tensors.items():
             tensor.requires_grad_(flags[key])

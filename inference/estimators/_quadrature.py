@@ -1,8 +1,8 @@
 """Quadrature of log p(x) = log integral p(x, z) dz for latents of dimension 1 or 2 that
 certifies itself or refuses.
 
-The integral runs in unconstrained coordinates u (z = T(u), see :mod:`inference._latent`),
-per data point, in four steps:
+The integral runs in unconstrained coordinates u (z = T(u), see
+:mod:`inference.estimators._latent`), per data point, in four steps:
 
 1. **Modes, wherever they are.** Damped Newton ascent on log p(x, z(u)) + log |det dz/du|
    from many starts per point (prior draws and the best nodes of a grid over the prior's
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from inference._latent import LatentSpace, model_log_densities
 from inference._programs import Inputs, ProgramInfo, particle_plate, trace_program
+from inference.estimators._latent import LatentSpace, model_log_densities
 from lvm_models import NoExactValueError
 
 _PRIOR_DRAWS = 512  # prior draws that place the prior's box

@@ -30,8 +30,12 @@ from inference._programs import (
     seeded,
 )
 from inference._validate import check_positive_int
-from inference.ais import ais_log_evidence
-from inference.bounds import _default_chunk_size, _delta_method_stderr, weight_diagnostics
+from inference.estimators.ais import ais_log_evidence
+from inference.estimators.bounds import (
+    _default_chunk_size,
+    _delta_method_stderr,
+    weight_diagnostics,
+)
 
 WHOLE_DATA_SET = "log p(x_1..N): the evidence of the whole data set as one unit, in nats"
 

@@ -20,9 +20,9 @@ import torch
 
 from inference._programs import seeded
 from inference._validate import check_data, check_positive_int, check_seed
-from inference.bounds import iw_log_marginal
-from inference.diagnostics import diagnose
-from inference.train import fit
+from inference.estimators.bounds import iw_log_marginal
+from inference.estimators.diagnostics import diagnose
+from inference.training.train import fit
 
 LINEAR_NOISE_SCALE = 0.5  # sigma of the built-in linear sweep: beta sigma^2 crosses its spectrum
 

@@ -3,7 +3,7 @@ ignore the latent exactly when the decoder is powerful enough to model the data 
 
 Each experiment trains one model/guide pair with SVI (``Trace_ELBO``, an ``AmortizedGaussian``
 encoder), records the ELBO, the rate and an IW estimate during training, and ends with
-:func:`~inference.diagnose` and :func:`~inference.compare` on held-in points. The four
+:func:`~inference.diagnose` and :func:`~inference.estimators.compare` on held-in points. The four
 experiment functions return :class:`ExperimentResult` rows; :func:`run_collapse` runs them all.
 """
 
@@ -17,12 +17,13 @@ import torch
 
 from guides import AmortizedGaussian
 from inference._programs import seeded
-from inference.bounds import elbo, iw_log_marginal
-from inference.compare import Comparison, ComparisonRow, compare
-from inference.diagnostics import Diagnosis, diagnose, rate_and_distortion
-from inference.exact import NoExactValueError, exact_log_marginal
-from inference.optim import MultiTensorAdam
-from inference.train import fit
+from inference.estimators.bounds import elbo, iw_log_marginal
+from inference.estimators.compare import Comparison, ComparisonRow, compare
+from inference.estimators.diagnostics import Diagnosis, diagnose, rate_and_distortion
+from inference.estimators.exact import NoExactValueError, exact_log_marginal
+from inference.estimators.gaps import GapDecomposition, gap_decomposition
+from inference.training.optim import MultiTensorAdam
+from inference.training.train import fit
 from lvm_models import (
     AutoregressiveVAE,
     BernoulliVAE,
@@ -57,6 +58,8 @@ class Budget:
     eval_points: int = 256
     record_iw_samples: int = 100
     num_samples: tuple[int, ...] = (1, 10, 100, 1000)
+    # Steps of the per-point optimum q* of the gap decomposition (a MeanField per point).
+    gap_steps: int = 400
     particles_per_row: int = 2000
 
 
@@ -68,6 +71,7 @@ QUICK_BUDGET = Budget(
     record_iw_samples=20,
     num_samples=(1, 10, 100),
     particles_per_row=1000,
+    gap_steps=150,
 )
 
 
@@ -90,6 +94,7 @@ class ExperimentResult:
     history: dict[str, list[float]]
     references: dict[str, float]
     seconds: float
+    gaps: GapDecomposition | None = None
     exact_per_point: torch.Tensor | None = field(default=None, repr=False, compare=False)
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
     guide: torch.nn.Module | None = field(default=None, repr=False, compare=False)
@@ -146,6 +151,7 @@ class ExperimentResult:
             "references": self.references,
             "diagnosis": self.diagnosis.to_dict(),
             "comparison": self.comparison.to_dict(),
+            "gaps": None if self.gaps is None else self.gaps.to_dict(),
             "history": self.history,
             "seconds": self.seconds,
         }
@@ -286,6 +292,7 @@ def _run(setup: _Setup, budget: Budget, seed: int, progress: bool) -> Experiment
         exact=exact,
         seed=seed,
     )
+    gaps = gap_decomposition(model, guide, x_eval, exact=exact, steps=budget.gap_steps, seed=seed)
     return ExperimentResult(
         setup.key,
         setup.title,
@@ -297,6 +304,7 @@ def _run(setup: _Setup, budget: Budget, seed: int, progress: bool) -> Experiment
         recorder.history,
         setup.references(x, x_eval),
         time.perf_counter() - start,
+        gaps,
         exact,
         model,
         guide,
@@ -413,7 +421,7 @@ def _ml_ppca(x: torch.Tensor, x_eval: torch.Tensor) -> dict[str, float]:
     return {"ml_ppca": ppca.log_marginal(x_eval).mean().item(), **_ml_gaussians("full")(x, x_eval)}
 
 
-# The two powerful cases, which the remedies for collapse (inference.remedies) are tried on.
+# The two powerful cases, which the remedies for collapse (inference.studies.remedies) are tried on.
 CORRELATED_FULL_COVARIANCE = _Setup(
     "1b",
     "correlated Gaussian, full-covariance decoder",

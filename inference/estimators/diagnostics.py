@@ -31,11 +31,11 @@ from inference._programs import (
     with_particle_dim,
 )
 from inference._validate import check_finite_result, check_per_point, check_positive_int
-from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
-from inference.exact import NoExactValueError, exact_log_marginal
+from inference.estimators.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
+from inference.estimators.exact import NoExactValueError, exact_log_marginal
 
 if TYPE_CHECKING:
-    from inference.gaps import GapDecomposition
+    from inference.estimators.gaps import GapDecomposition
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): Cov_x(E_q[z_i]) above this is active
 RATE_THRESHOLD = 0.05  # nats per point: below it the encoder carries (almost) nothing about x
@@ -96,7 +96,8 @@ class Diagnosis:
     :ivar active_units_uncertain: dimensions whose activity lies within 2 standard errors of
         the 0.01 threshold: ``active_units`` could be off by up to this many.
     :ivar gaps: the per-point decomposition of the inference gap
-        (:func:`inference.gaps.gap_decomposition`) with ``decompose_gap=True``; else None.
+        (:func:`~inference.estimators.gaps.gap_decomposition`) with ``decompose_gap=True``;
+        else None.
     """
 
     rate: float
@@ -220,8 +221,9 @@ def diagnose(
         the guide); None (default): the exact value only.
     :param mutual_info_method: ``"auto"``, ``"knn"`` or ``"aggregate"`` (above).
     :param decompose_gap: also split the inference gap into its approximation and
-        amortisation parts per point (:func:`inference.gaps.gap_decomposition`, which fits a
-        mean-field Gaussian to every point: far slower than the rest), as ``Diagnosis.gaps``.
+        amortisation parts per point (:func:`~inference.estimators.gaps.gap_decomposition`, which
+        fits a mean-field Gaussian to every point: far slower than the rest), as
+        ``Diagnosis.gaps``.
     :param model_args, model_kwargs, data_plate, vectorize: as in :func:`inference.elbo`.
     :returns: a :class:`Diagnosis` in nats per data point.
     """
@@ -277,8 +279,8 @@ def diagnose(
     activity, activity_stderr = _unit_activity(means)
     gaps = None
     if decompose_gap:
-        # Imported here: inference.gaps trains with inference.train, which imports this module.
-        from inference.gaps import gap_decomposition
+        # Imported here: the gaps module trains with fit, whose module imports this one.
+        from inference.estimators.gaps import gap_decomposition
 
         gaps = gap_decomposition(model, guide, x, exact=exact_values, seed=seed)
     ceiling = math.log(inputs.num_data)

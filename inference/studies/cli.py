@@ -11,18 +11,18 @@ from pathlib import Path
 
 import torch
 
-from inference import plots
 from inference._validate import MAX_SEED, check_output_path
-from inference.checkpoint import CheckpointError, check_checkpoint_path, load_checkpoint
-from inference.compare import compare
-from inference.diagnostics import diagnose
-from inference.exact import exact_log_marginal
-from inference.experiments import DEFAULT_BUDGET, EXPERIMENTS, QUICK_BUDGET
-from inference.frontier import built_in_sweeps
-from inference.registry import GUIDES, MODELS, lookup
-from inference.remedies import format_remedies, price_remedies
-from inference.sandwich import sandwich_curve
-from inference.train import fit
+from inference.estimators.compare import compare
+from inference.estimators.diagnostics import diagnose
+from inference.estimators.exact import exact_log_marginal
+from inference.studies import plots
+from inference.studies.experiments import DEFAULT_BUDGET, EXPERIMENTS, QUICK_BUDGET
+from inference.studies.frontier import built_in_sweeps
+from inference.studies.registry import GUIDES, MODELS, lookup
+from inference.studies.remedies import format_remedies, price_remedies
+from inference.studies.sandwich import sandwich_curve
+from inference.training.checkpoint import CheckpointError, check_checkpoint_path, load_checkpoint
+from inference.training.train import fit
 from lvm_models import datasets, ppca_max_likelihood
 from lvm_models._base import seed_32
 
@@ -145,6 +145,7 @@ def _collapse(args: argparse.Namespace) -> dict:
     print(format_summary(results))
     for result in results:
         print(f"{result.key:<3} {result.finding()}")
+    print(f"\n{GAPS_TITLE}:\n{format_gaps(results)}")
     print(f"\n{REMEDIES_TITLE}:\n{format_remedies(remedies)}")
     report = {
         "budget": asdict(budget),
@@ -254,12 +255,40 @@ def format_summary(results: list) -> str:
                 "yes" if result.diagnosis.latent_ignored else "no",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return _aligned(rows, "(nats per data point; IW_K and exact on the evaluation points)")
+
+
+GAPS_TITLE = "Where the ELBO's gap goes: approximation (the family) and amortisation (the encoder)"
+
+
+def format_gaps(results: list) -> str:
+    """Per experiment: log p(x) - ELBO split into the approximation gap (the best diagonal
+    Gaussian per point against log p(x)) and the amortisation gap (the encoder against it)."""
+    header = ("exp", "reference", "inference gap", "approximation", "amortisation", "(se)")
+    rows = [header]
+    for result in results:
+        gaps = result.gaps
+        rows.append(
+            (
+                result.key,
+                gaps.reference,
+                f"{gaps.inference_gap.mean:.3f}",
+                f"{gaps.approximation_gap.mean:.3f}",
+                f"{gaps.amortization_gap.mean:.3f}",
+                f"{max(gaps.approximation_gap.stderr, gaps.amortization_gap.stderr):.3f}",
+            )
+        )
+    return _aligned(rows, "(nats per data point, ELBO gaps on the evaluation points)")
+
+
+def _aligned(rows: list[tuple[str, ...]], footer: str) -> str:
+    """Rows as left-aligned columns, a rule under the header, and a footer line."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines) + "\n(nats per data point; IW_K and exact on the evaluation points)"
+    return "\n".join(lines) + "\n" + footer
 
 
 def _take_run_options_from(path: Path, args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """The ELBO and the importance-weighted estimate of log p(x), computed in JAX with NumPyro.
 
-The twins of :mod:`inference.bounds`: the same results (:class:`~inference.Estimate`,
+The twins of :mod:`inference.estimators.bounds`: the same results (:class:`~inference.Estimate`,
 :class:`~inference.ImportanceEstimate`), with the log weights of each chunk of particles
 computed by one jitted, vmapped NumPyro program and reduced by this module's own streaming
 statistics in ``jax.numpy`` (running log-sum-exps, shifted sums, a top-k tail), k-hat from
@@ -25,13 +25,18 @@ from numpyro.infer.util import compute_log_probs
 from torch import nn
 
 from inference._validate import check_positive_int
-from inference.bounds import PSIS_MAX_TAIL, Estimate, ImportanceEstimate, _default_chunk_size
-from inference.numpyro_backend.mirror import (
+from inference.backends.numpyro.mirror import (
     NumPyroGuide,
     NumPyroModel,
     as_mirror,
     jax_data,
     to_tensor,
+)
+from inference.estimators.bounds import (
+    PSIS_MAX_TAIL,
+    Estimate,
+    ImportanceEstimate,
+    _default_chunk_size,
 )
 
 with warnings.catch_warnings():

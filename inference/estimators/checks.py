@@ -15,9 +15,9 @@ from inference._validate import (
     check_sample_sizes,
     check_seed,
 )
-from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
-from inference.bounds import Estimate, _delta_method_stderr, elbo, iw_log_marginal
-from inference.exact import NoExactValueError, exact_log_marginal
+from inference.estimators.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
+from inference.estimators.bounds import Estimate, _delta_method_stderr, elbo, iw_log_marginal
+from inference.estimators.exact import NoExactValueError, exact_log_marginal
 
 _ZERO_VARIANCE = 1e-9  # per-point standard error below this: the weights are constant
 _EXACT_TOLERANCE = 1e-6  # nats: the least round-off allowed where a check is exact

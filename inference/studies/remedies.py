@@ -2,7 +2,7 @@
 
 On a decoder that is powerful for its data the ELBO's optimum ignores the latent. Each remedy
 changes the objective to force the latent into use; :func:`price_remedies` trains the powerful
-cases of :mod:`inference.experiments` with each one and reports the rate it bought, what the
+cases of :mod:`inference.studies.experiments` with each one and reports the rate it bought, what the
 ELBO thinks of it and what log p(x) did, against the pair the plain ELBO trained.
 
 log p(x) is priced by the exact value (:func:`~inference.exact_log_marginal`; the latents are
@@ -22,9 +22,9 @@ import torch
 
 from inference._programs import checked_inputs
 from inference._validate import check_per_point
-from inference.bounds import ImportanceEstimate, iw_log_marginal
-from inference.diagnostics import diagnose
-from inference.experiments import (
+from inference.estimators.bounds import ImportanceEstimate, iw_log_marginal
+from inference.estimators.diagnostics import diagnose
+from inference.studies.experiments import (
     CORRELATED_FULL_COVARIANCE,
     DIGITS_AUTOREGRESSIVE,
     Budget,
@@ -178,7 +178,7 @@ def price_remedies(
     plain: list[ExperimentResult], budget: Budget, seed: int = 0, progress: bool = True
 ) -> list[RemedyResult]:
     """Every remedy on every powerful case, priced against its row in ``plain`` (which must
-    hold its trained pair, as :func:`~inference.experiments.run_collapse` leaves it)."""
+    hold its trained pair, as :func:`~inference.studies.experiments.run_collapse` leaves it)."""
     cases = (CORRELATED_FULL_COVARIANCE, DIGITS_AUTOREGRESSIVE)
     by_key = {result.key: result for result in plain}
     for setup in cases:

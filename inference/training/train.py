@@ -2,11 +2,12 @@
 
 fit is a short loop over small pieces, each in one place:
 
-- what is maximised: an objective value (:mod:`inference.objectives`: ELBO, IWAE, free bits,
-  the compiled ELBO), named by fit's ``objective`` and its options, or passed as a value;
-- the KL weight of each step: a schedule value (:mod:`inference.schedules`);
+- what is maximised: an objective value (:mod:`inference.training.objectives`: ELBO, IWAE,
+  free bits, the compiled ELBO), named by fit's ``objective`` and its options, or passed as
+  a value;
+- the KL weight of each step: a schedule value (:mod:`inference.training.schedules`);
 - the options, checked once: :class:`TrainingOptions`;
-- saving and resuming: a :class:`~inference.checkpoint.Checkpointer`;
+- saving and resuming: a :class:`~inference.training.checkpoint.Checkpointer`;
 - the minibatches, the history and the progress bar: ``_Minibatches``, ``_Recorder`` and
   ``_Progress`` below.
 
@@ -45,7 +46,8 @@ from inference._programs import (
     seeded,
 )
 from inference._validate import check_finite_number, check_positive_int, check_seed, is_int_at_least
-from inference.checkpoint import (
+from inference.estimators.diagnostics import rate_and_distortion_of
+from inference.training.checkpoint import (
     Checkpointer,
     LiveRun,
     TrainingState,
@@ -53,10 +55,9 @@ from inference.checkpoint import (
     optimizer_name,
     parameter_keys,
 )
-from inference.diagnostics import rate_and_distortion_of
-from inference.objectives import ELBO, IWAE, FreeBits, JitELBO, Objective
-from inference.optim import MultiTensorAdam
-from inference.schedules import ConstantBeta, KLSchedule, LinearWarmup
+from inference.training.objectives import ELBO, IWAE, FreeBits, JitELBO, Objective
+from inference.training.optim import MultiTensorAdam
+from inference.training.schedules import ConstantBeta, KLSchedule, LinearWarmup
 from lvm_models._base import seed_32
 
 OBJECTIVES = ("elbo", "iwae")
@@ -143,7 +144,7 @@ def fit(
     ``RenyiELBO(alpha=0)``, computed here as a differentiable loss because ``RenyiELBO``
     only offers ``loss_and_grads``, which cannot be scaled for minibatches; its gradient is
     pathwise, so every latent site must be reparameterisable. ``objective`` may also be an
-    objective value of :mod:`inference.objectives` (``ELBO``, ``IWAE``, ``FreeBits``,
+    objective value of :mod:`inference.training.objectives` (``ELBO``, ``IWAE``, ``FreeBits``,
     ``JitELBO`` or a new one), which then holds its own particles and options.
 
     Remedies for posterior collapse, all off by default:
@@ -153,7 +154,7 @@ def fit(
       Higgins et al., 2017). Latent sites are found from the trace, never by name.
     - ``kl_warmup_steps`` = W > 0 raises that weight linearly: step t (from 0) uses
       ``beta * min(1, (t + 1) / W)`` (Bowman et al., 2016).
-    - ``kl_schedule``, a schedule value of :mod:`inference.schedules`, gives the weight of
+    - ``kl_schedule``, a schedule value of :mod:`inference.training.schedules`, gives the weight of
       each step instead of ``beta`` and ``kl_warmup_steps``.
     - ``free_bits`` = lambda > 0 replaces the KL term by ``N sum_j max(lambda, KL_j)``, KL_j
       the analytic KL of latent dimension j averaged over the minibatch (Kingma et al.,
@@ -175,7 +176,8 @@ def fit(
         fit(model, guide, x, objective=IWAE(num_particles=5), steps=2000)
 
     :param data: an (N, D) float tensor.
-    :param objective: ``"elbo"``, ``"iwae"``, or an :class:`~inference.objectives.Objective`
+    :param objective: ``"elbo"``, ``"iwae"``, or an
+        :class:`~inference.training.objectives.Objective`
         (then ``num_particles``, ``free_bits``, ``jit`` and ``enumerate`` stay at their
         defaults: the value holds them).
     :param steps: the number of optimisation steps.
@@ -184,7 +186,8 @@ def fit(
     :param num_particles: samples per point: of the ELBO's expectations, or K of the IWAE bound.
     :param progress: show a tqdm bar with a moving average of the loss.
     :param optimizer: any ``pyro.optim.PyroOptim``; default Adam with learning rate ``lr``
-        (:class:`~inference.optim.MultiTensorAdam`, ``pyro.optim.Adam`` in one foreach step).
+        (:class:`~inference.training.optim.MultiTensorAdam`, ``pyro.optim.Adam`` in one foreach
+        step).
     :param callback: called as ``callback(step, model, guide)`` after every
         ``callback_every``-th step (step counted from 0), e.g. to record diagnostics.
     :param seed: sets Pyro's RNG (``pyro.set_rng_seed``) and the minibatch generator; the
@@ -212,7 +215,7 @@ def fit(
         with Pyro's ``TraceEnum_ELBO`` (sites in the guide and the model are marked with
         ``config_enumerate``); None (default) does so whenever there are such sites and
         ``objective="elbo"`` without free bits or jit.
-    :param kl_schedule: a :class:`~inference.schedules.KLSchedule` (then ``beta`` and
+    :param kl_schedule: a :class:`~inference.training.schedules.KLSchedule` (then ``beta`` and
         ``kl_warmup_steps`` stay at their defaults).
     :returns: a :class:`FitResult`. The loss of a step is the negative (beta-weighted) bound
         of its minibatch, times N / B, divided by N: nats per data point, evaluated before
@@ -352,8 +355,9 @@ class TrainingOptions:
         self, objective: Objective, info: ProgramInfo, optimizer: PyroOptim, inputs: Inputs
     ) -> dict[str, object]:
         """What must not change between a run and its resumption: the options that change the
-        result (``objective`` as :meth:`~inference.objectives.Objective.for_program` settled
-        it), and the data (:func:`~inference.checkpoint.data_fingerprint`)."""
+        result (``objective`` as
+        :meth:`~inference.training.objectives.Objective.for_program` settled
+        it), and the data (:func:`~inference.training.checkpoint.data_fingerprint`)."""
         return {
             **objective.options(),
             **self.kl_schedule.options(),
@@ -384,7 +388,7 @@ def _objective_of(
         return objective
     if objective not in OBJECTIVES:
         raise ValueError(
-            f"objective must be one of {OBJECTIVES} or an inference.objectives.Objective; "
+            f"objective must be one of {OBJECTIVES} or an inference.training.objectives.Objective; "
             f"got {objective!r}"
         )
     check_finite_number("free_bits", free_bits)
@@ -415,7 +419,7 @@ def _kl_schedule_of(
     if kl_schedule is not None:
         if not isinstance(kl_schedule, KLSchedule):
             raise TypeError(
-                "kl_schedule must be None or an inference.schedules.KLSchedule; "
+                "kl_schedule must be None or an inference.training.schedules.KLSchedule; "
                 f"got {type(kl_schedule).__name__}"
             )
         if beta != 1.0 or kl_warmup_steps != 0:

@@ -31,13 +31,6 @@ from pyro.poutine.trace_struct import Trace
 from tqdm.auto import tqdm
 
 from guides import PriorGuide
-from inference._hmc import HMCInfo, HMCState, hmc_init, hmc_step
-from inference._latent import (
-    LatentSpace,
-    enumerated_log_density,
-    guide_log_density,
-    model_log_densities,
-)
 from inference._programs import (
     Inputs,
     ProgramInfo,
@@ -51,7 +44,14 @@ from inference._programs import (
     trace_program,
 )
 from inference._validate import check_data, check_positive_int
-from inference.bounds import ImportanceEstimate, _delta_method_stderr, weight_diagnostics
+from inference.estimators._hmc import HMCInfo, HMCState, hmc_init, hmc_step
+from inference.estimators._latent import (
+    LatentSpace,
+    enumerated_log_density,
+    guide_log_density,
+    model_log_densities,
+)
+from inference.estimators.bounds import ImportanceEstimate, _delta_method_stderr, weight_diagnostics
 
 # The annealing steps and chains of AIS where compare, diagnose and check_bounds use it as
 # their reference for log p(x) (reference="ais").
@@ -76,7 +76,7 @@ class AISEstimate(ImportanceEstimate):
 
     ``per_point`` is log (1/C) sum_c w_c over the C chains, ``per_point_stderr`` the delta
     method's sqrt((C / ESS - 1) / C), ``ess`` and ``khat`` those of the C weights
-    (:func:`inference.bounds.weight_diagnostics`); ``num_samples`` is C.
+    (:func:`inference.estimators.bounds.weight_diagnostics`); ``num_samples`` is C.
 
     :ivar acceptance: (N,) mean Metropolis acceptance rate of the estimate's transitions
         (NaN when it made none: one annealing step, or no continuous latent).

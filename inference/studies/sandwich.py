@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from inference._validate import check_positive_int
-from inference.ais import bdmc
-from inference.exact import NoExactValueError, exact_log_marginal
+from inference.estimators.ais import bdmc
+from inference.estimators.exact import NoExactValueError, exact_log_marginal
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import torch
 
 from inference._programs import checked_inputs
 from inference._validate import check_per_point, check_positive_int, check_sample_sizes
-from inference.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
-from inference.bounds import ImportanceEstimate, elbo, iw_log_marginal
-from inference.exact import NoExactValueError, exact_log_marginal
+from inference.estimators.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
+from inference.estimators.bounds import ImportanceEstimate, elbo, iw_log_marginal
+from inference.estimators.exact import NoExactValueError, exact_log_marginal
 
 REFERENCES = (None, "nuts", "ais")
 
@@ -108,7 +108,7 @@ def compare(
         guide (:func:`inference.ais_log_marginal`, ``ais_steps`` steps, ``ais_chains``
         chains), the reference for latents of any dimension where no exact value exists;
         ``"nuts"`` adds a row ``"nuts"``, the reference log p(x) of
-        :func:`inference.numpyro_backend.nuts_log_marginal` (built-in models with a
+        :func:`inference.backends.numpyro.nuts_log_marginal` (built-in models with a
         continuous latent); None (default) adds none.
     :param dtype: torch.float32 or torch.float64 for the ELBO and IW rows (see :func:`elbo`).
     :param model_args, model_kwargs, data_plate, vectorize: as in :func:`inference.elbo`.
@@ -153,7 +153,7 @@ def compare(
         rows.append(_importance_row("iw", estimate))
     if reference == "nuts":
         # Imported here: JAX and NumPyro load only for a comparison that asks for them.
-        from inference.numpyro_backend import nuts_log_marginal
+        from inference.backends.numpyro import nuts_log_marginal
 
         rows.append(_importance_row("nuts", nuts_log_marginal(model, x, seed=seed or 0)))
     if reference == "ais":

@@ -9,7 +9,6 @@ from collections.abc import Callable
 import torch
 
 from guides import PriorGuide
-from inference._latent import LatentSpace, enumerated_log_density
 from inference._programs import (
     Inputs,
     ProgramInfo,
@@ -20,9 +19,10 @@ from inference._programs import (
     trace_program,
     vectorization_problem,
 )
-from inference._quadrature import certified_quadrature
 from inference._sites import check_parameters, modules_of
 from inference._validate import check_finite_result
+from inference.estimators._latent import LatentSpace, enumerated_log_density
+from inference.estimators._quadrature import certified_quadrature
 from lvm_models import GaussianMixture, LinearGaussian, NoExactValueError
 
 MAX_QUADRATURE_DIM = 2
@@ -50,7 +50,7 @@ def exact_log_marginal(
        support, the latents are summed out exactly by Pyro's parallel enumeration and tensor
        variable elimination (works on a user's plain function too);
     3. certified quadrature: when the latent sites are continuous with total dimension 1 or 2
-       (see :mod:`inference._quadrature`): modes found by Newton ascent from many starts,
+       (see :mod:`inference.estimators._quadrature`): modes found by Newton ascent from many starts,
        wherever they are, a trapezoid rule checked against its sub-grid and its boundary, and
        a coarse pass over the prior's box that must find no mass outside.
 

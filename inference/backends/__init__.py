@@ -1,0 +1,1 @@
+"""Other backends and formats: NumPyro (JAX) estimators and the ArviZ export."""

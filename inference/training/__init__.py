@@ -1,0 +1,1 @@
+"""Training: ``fit``, its objectives and KL schedules, checkpoints and the optimiser."""
