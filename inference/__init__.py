@@ -16,6 +16,10 @@ from inference.estimators.bounds import Estimate, ImportanceEstimate, elbo, iw_l
 from inference.estimators.checks import BoundsReport, check_bounds
 from inference.estimators.compare import Comparison, ComparisonRow, compare
 from inference.estimators.diagnostics import Diagnosis, diagnose
+from inference.estimators.distributed import (
+    distributed_ais_log_marginal,
+    distributed_iw_log_marginal,
+)
 from inference.estimators.evidence import EvidenceEstimate, log_evidence
 from inference.estimators.exact import NoExactValueError, exact_log_marginal
 from inference.estimators.gaps import GapDecomposition, gap_decomposition
@@ -84,6 +88,8 @@ __all__ = [
     "check_bounds",
     "compare",
     "diagnose",
+    "distributed_ais_log_marginal",
+    "distributed_iw_log_marginal",
     "elbo",
     "exact_log_marginal",
     "fit",
