@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -131,12 +132,7 @@ def elbo(
         x, ("num_particles", num_particles), chunk_size, num_particles, model_args, model_kwargs
     )
     moments = _RunningMoments()
-    with (
-        torch.no_grad(),
-        seeded(seed),
-        computed_in(dtype, inputs, model, guide) as inputs,
-        evaluation_mode(model, guide),
-    ):
+    with _evaluating(model, guide, inputs, seed, dtype) as inputs:
         info = inspect_pair(model, guide, inputs, data_plate=data_plate, vectorize=vectorize)
         sizes = list(_chunk_sizes(num_particles, chunk))
         notice = CostNotice("elbo", len(sizes), shown=False)
@@ -198,12 +194,7 @@ def iw_log_marginal(
     )
     pooled = _RunningLogMeanExp(tail_size=_psis_tail_size(total))
     replicates = _RunningMoments()
-    with (
-        torch.no_grad(),
-        seeded(seed),
-        computed_in(dtype, inputs, model, guide) as inputs,
-        evaluation_mode(model, guide),
-    ):
+    with _evaluating(model, guide, inputs, seed, dtype) as inputs:
         info = inspect_pair(model, guide, inputs, data_plate=data_plate, vectorize=vectorize)
         plan = list(_replicate_plan(num_samples, num_replicates, chunk))
         notice = CostNotice("iw_log_marginal", len(plan), shown=progress)
@@ -246,6 +237,21 @@ def weight_diagnostics(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.T
     running = _RunningLogMeanExp(tail_size=_psis_tail_size(total))
     running.update(log_weights.double())
     return running.ess(), running.khat()
+
+
+@contextmanager
+def _evaluating(
+    model: Callable, guide: Callable, inputs: Inputs, seed: int | None, dtype: torch.dtype | None
+) -> Iterator[Inputs]:
+    """What every estimate runs under: no gradients, its own seed, the requested dtype (the
+    inputs cast, yielded) and the modules in eval mode."""
+    with (
+        torch.no_grad(),
+        seeded(seed),
+        computed_in(dtype, inputs, model, guide) as cast,
+        evaluation_mode(model, guide),
+    ):
+        yield cast
 
 
 def _checked_call(
