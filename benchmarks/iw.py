@@ -2,11 +2,15 @@
 
 - time: ``iw_log_marginal`` against a hand-written PyTorch importance sampler (the same layers,
   the same chunks of particles, a running log-sum-exp), K = 1,000 and 5,000, all 1,797 points;
+- compiled: ``iw_log_marginal`` with ``compile=True`` (``torch.compile``), ``False`` (eager) and
+  ``None`` (the default) against the hand-written sampler, K = 1,000, and the seconds of the
+  first compiled call, which captures and compiles;
 - Pyro's own paths, ``vectorized_importance_weights`` and ``RenyiELBO(alpha=0)``, which hold
   all K particles at once: time and peak memory on 200 points at K = 1,000;
 - memory: peak resident memory of ``iw_log_marginal`` at K = 1,000, 10,000 and 100,000.
 
     python -m benchmarks.iw                 # the whole benchmark, a table and JSON
+    python -m benchmarks.iw --compiled-only # compiled against eager and hand-written, K=1000
 """
 
 from __future__ import annotations
@@ -55,10 +59,12 @@ def handwritten_iw(model, guide, x: torch.Tensor, num_samples: int, chunk_size: 
     return running_max + running_sum.log() - math.log(num_samples)
 
 
-def library_iw(model, guide, x: torch.Tensor, num_samples: int, chunk_size: int):
+def library_iw(model, guide, x: torch.Tensor, num_samples: int, chunk_size: int, compile=None):
     from inference import iw_log_marginal
 
-    return iw_log_marginal(model, guide, x, num_samples=num_samples, chunk_size=chunk_size)
+    return iw_log_marginal(
+        model, guide, x, num_samples=num_samples, chunk_size=chunk_size, compile=compile
+    )
 
 
 def pyro_vectorized(model, guide, x: torch.Tensor, num_samples: int):
@@ -101,6 +107,39 @@ def time_against_handwritten(num_samples: int, repeats: int, threads: int) -> di
         "seconds": seconds,
         "ratio": seconds["library"] / seconds["handwritten"],
         "gflops": {name: flops / value / 1e9 for name, value in seconds.items()},
+    }
+
+
+def time_compiled(num_samples: int, repeats: int, threads: int) -> dict:
+    """Seconds of the library compiled, eager and by default, next to the hand-written
+    estimate; the first compiled call (capture and compilation) is timed on its own, first."""
+    torch.set_num_threads(threads)
+    model, guide = digits_vae()
+    x = digits()
+    chunk = default_chunk(x.shape[0])
+    start = time.perf_counter()
+    library_iw(model, guide, x, num_samples, chunk, compile=True)
+    first_call = time.perf_counter() - start
+    seconds = interleaved_seconds(
+        {
+            "handwritten": lambda: handwritten_iw(model, guide, x, num_samples, chunk),
+            "eager": lambda: library_iw(model, guide, x, num_samples, chunk, compile=False),
+            "compiled": lambda: library_iw(model, guide, x, num_samples, chunk, compile=True),
+            "default": lambda: library_iw(model, guide, x, num_samples, chunk),
+        },
+        repeats=repeats,
+    )
+    return {
+        "num_samples": num_samples,
+        "num_data": x.shape[0],
+        "chunk_size": chunk,
+        "first_compiled_call_seconds": first_call,
+        "seconds": seconds,
+        "speedup": {
+            "compiled_over_eager": seconds["eager"] / seconds["compiled"],
+            "compiled_over_handwritten": seconds["handwritten"] / seconds["compiled"],
+            "default_over_eager": seconds["eager"] / seconds["default"],
+        },
     }
 
 
@@ -152,13 +191,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument(
+        "--compiled-only", action="store_true", help="only the compiled, eager and default rows"
+    )
     args = parser.parse_args()
     if args.worker:
         which, num_samples, num_points, threads = args.worker
         print(json.dumps(_worker(which, int(num_samples), int(num_points), int(threads))))
         return
+    if args.compiled_only:
+        print(json.dumps(time_compiled(1000, args.repeats, args.threads), indent=2))
+        return
     report = {
         "time": [time_against_handwritten(k, args.repeats, args.threads) for k in (1000, 5000)],
+        "compiled": time_compiled(1000, args.repeats, args.threads),
         "pyro_paths": pyro_paths(1000, args.threads),
         "memory": memory_sweep(tuple(args.memory_sizes), args.threads),
     }

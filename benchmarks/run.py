@@ -36,6 +36,7 @@ def run(quick: bool) -> dict:
         f"threads, torch {torch.__version__}",
         "matmul_gflops": peak,
         "iw_time": iw_times,
+        "iw_compiled": iw.time_compiled(1000, repeats, THREADS),
         "iw_pyro_paths": iw.pyro_paths(1000, THREADS),
         "iw_memory": iw.memory_sweep((1000, 10000) if quick else (1000, 10000, 100000), THREADS),
         "svi_step": [
@@ -61,6 +62,18 @@ def table(report: dict) -> str:
             f"{row['seconds']['library']:>12.2f} {row['ratio']:>6.2f} "
             f"{100 * share['handwritten']:>20.0f} / {100 * share['library']:.0f}"
         )
+    if "iw_compiled" in report:
+        compiled = report["iw_compiled"]
+        seconds, speedup = compiled["seconds"], compiled["speedup"]
+        lines += [
+            "",
+            f"iw_log_marginal(compile=...), K={compiled['num_samples']} (seconds; first "
+            f"compiled call {compiled['first_compiled_call_seconds']:.1f})",
+            f"hand-written {seconds['handwritten']:.2f}, eager {seconds['eager']:.2f}, "
+            f"compiled {seconds['compiled']:.2f}, default {seconds['default']:.2f}; compiled is "
+            f"{speedup['compiled_over_eager']:.2f}x eager, "
+            f"{speedup['compiled_over_handwritten']:.2f}x hand-written",
+        ]
     lines += ["", f"All K particles at once, {iw.PYRO_POINTS} points, K=1000:"]
     lines.append(f"{'path':<18} {'seconds':>8} {'peak RSS MiB':>13} {'growth MiB':>11}")
     for row in report["iw_pyro_paths"]:

@@ -23,11 +23,16 @@ from inference._programs import (
     computed_in,
     evaluation_mode,
     inspect_pair,
-    log_importance_weights,
     seeded,
 )
 from inference._progress import CostNotice
 from inference._validate import check_finite_result, check_positive_int
+from inference.estimators._compiled import (  # noqa: F401 (the errors of compile=, re-exported)
+    ChunkLogWeights,
+    CompileError,
+    CompileWarning,
+    check_compile,
+)
 
 # Particles x data points evaluated at once when ``chunk_size`` is not given.
 _DEFAULT_CHUNK_BUDGET = 2**16
@@ -105,6 +110,7 @@ def elbo(
     model_kwargs: dict | None = None,
     data_plate: str | None = None,
     vectorize: bool | None = None,
+    compile: bool | None = None,
 ) -> Estimate:
     """Monte-Carlo ELBO per point: E_q[log p(x, z) - log q(z given x)] <= log p(x).
 
@@ -125,8 +131,15 @@ def elbo(
         the vectorised plate of size N around the observed sites).
     :param vectorize: evaluate particles in one extra plate (True) or one at a time (False);
         None (default) vectorises where that gives the same numbers as one at a time.
+    :param compile: compute the chunks' log weights with ``torch.compile``: True requires it
+        (:class:`CompileError` where the programs cannot be compiled), False never, None
+        (default) where it pays: vectorised programs whose chunks would take 30 s or more
+        eagerly, with a :class:`CompileWarning` and the eager path where compiling fails. The
+        same draws and log weights to float round-off either way (see
+        :mod:`inference.estimators._compiled`).
     :returns: an :class:`Estimate` in nats, ``per_point`` of shape (N,).
     """
+    check_compile(compile)
     inputs, chunk = _checked_call(
         x, ("num_particles", num_particles), chunk_size, num_particles, model_args, model_kwargs
     )
@@ -139,9 +152,10 @@ def elbo(
     ):
         info = inspect_pair(model, guide, inputs, data_plate=data_plate, vectorize=vectorize)
         sizes = list(_chunk_sizes(num_particles, chunk))
+        chunk_log_weights = ChunkLogWeights(model, guide, inputs, info, sizes, compile, "elbo")
         notice = CostNotice("elbo", len(sizes), shown=False)
         for size in sizes:
-            moments.update(log_importance_weights(model, guide, inputs, size, info).double())
+            moments.update(chunk_log_weights(size).double())
             notice.step()
     check_finite_result("the ELBO", moments.mean, inputs.x)
     return Estimate(moments.mean, moments.stderr, num_particles, given=info.given_sites)
@@ -162,6 +176,7 @@ def iw_log_marginal(
     model_kwargs: dict | None = None,
     data_plate: str | None = None,
     vectorize: bool | None = None,
+    compile: bool | None = None,
 ) -> ImportanceEstimate:
     """Importance-weighted estimate of log p(x) per point: log (1/K) sum_k w_k, w = p(x,z)/q(z).
 
@@ -187,10 +202,11 @@ def iw_log_marginal(
     :param bool progress: show a progress bar over chunks.
     :param dtype: torch.float32 or torch.float64 to compute in (as in :func:`elbo`); the
         log-sum-exp runs in float64 either way.
-    :param model_args, model_kwargs, data_plate, vectorize: as in :func:`elbo`.
+    :param model_args, model_kwargs, data_plate, vectorize, compile: as in :func:`elbo`.
     :returns: an :class:`ImportanceEstimate` in nats with ``per_point``, ``ess``, ``khat``
         of shape (N,).
     """
+    check_compile(compile)
     check_positive_int("num_replicates", num_replicates)
     total = check_positive_int("num_samples", num_samples) * num_replicates
     inputs, chunk = _checked_call(
@@ -206,10 +222,13 @@ def iw_log_marginal(
     ):
         info = inspect_pair(model, guide, inputs, data_plate=data_plate, vectorize=vectorize)
         plan = list(_replicate_plan(num_samples, num_replicates, chunk))
+        sizes = [part.particles for part in plan]
+        chunk_log_weights = ChunkLogWeights(
+            model, guide, inputs, info, sizes, compile, "iw_log_marginal"
+        )
         notice = CostNotice("iw_log_marginal", len(plan), shown=progress)
         for part in tqdm(plan, disable=not progress, desc="IW chunks"):
-            log_weights = log_importance_weights(model, guide, inputs, part.particles, info)
-            log_weights = log_weights.double()  # (particles, N)
+            log_weights = chunk_log_weights(part.particles).double()  # (particles, N)
             pooled.update(log_weights)
             if part.whole_replicates:
                 replicates.feed(log_weights, part.whole_replicates, num_samples)
