@@ -23,6 +23,7 @@ from inference._programs import (
     computed_in,
     evaluation_mode,
     inspect_pair,
+    log_importance_weights,
     seeded,
 )
 from inference._progress import CostNotice
@@ -133,7 +134,7 @@ def elbo(
         None (default) vectorises where that gives the same numbers as one at a time.
     :param compile: compute the chunks' log weights with ``torch.compile``: True requires it
         (:class:`CompileError` where the programs cannot be compiled), False never, None
-        (default) where it pays: vectorised programs whose chunks would take 30 s or more
+        (default) where it pays: vectorised programs whose chunks would take 2 minutes or more
         eagerly, with a :class:`CompileWarning` and the eager path where compiling fails. The
         same draws and log weights to float round-off either way (see
         :mod:`inference.estimators._compiled`).
@@ -152,7 +153,9 @@ def elbo(
     ):
         info = inspect_pair(model, guide, inputs, data_plate=data_plate, vectorize=vectorize)
         sizes = list(_chunk_sizes(num_particles, chunk))
-        chunk_log_weights = ChunkLogWeights(model, guide, inputs, info, sizes, compile, "elbo")
+        chunk_log_weights = ChunkLogWeights(
+            log_importance_weights, model, guide, inputs, info, sizes, compile, "elbo"
+        )
         notice = CostNotice("elbo", len(sizes), shown=False)
         for size in sizes:
             moments.update(chunk_log_weights(size).double())
@@ -224,7 +227,7 @@ def iw_log_marginal(
         plan = list(_replicate_plan(num_samples, num_replicates, chunk))
         sizes = [part.particles for part in plan]
         chunk_log_weights = ChunkLogWeights(
-            model, guide, inputs, info, sizes, compile, "iw_log_marginal"
+            log_importance_weights, model, guide, inputs, info, sizes, compile, "iw_log_marginal"
         )
         notice = CostNotice("iw_log_marginal", len(plan), shown=progress)
         for part in tqdm(plan, disable=not progress, desc="IW chunks"):
