@@ -1,15 +1,21 @@
 """Benchmark 2: one SVI training step on the digits VAE, batch 128, 1 and 8 particles.
 
-``inference.fit`` (SVI with ``Trace_ELBO``, and with ``jit=True`` Pyro's ``JitTrace_ELBO``)
-against a hand-written step: the reparameterised ELBO of the same layers, the same minibatch
-draw, ``torch.optim.Adam``. A step is timed in steady state: the clock runs from step
-``WARMUP`` to the last, so one-off costs (the first, validated step; JIT compilation) stay out.
+``inference.fit`` by default (the step compiled where it can be: the ELBO with the library's
+traced ``Trace_ELBO``, free bits with ``pyro.ops.jit.trace``) and eagerly (``jit=False``),
+against a hand-written step (the reparameterised ELBO of the same layers, the same minibatch
+draw, ``torch.optim.Adam``) and NumPyro's SVI step on the same VAE under ``jax.jit``
+(:func:`benchmarks.baselines.numpyro_svi_step`). A step is timed in steady state: the clock
+runs from step ``WARMUP`` to the last, so one-off costs (the first, validated step; compiling
+and checking the compiled step) stay out. The runs alternate within every repeat and each
+figure is the median over repeats.
 
-    python -m benchmarks.svi_step
+    python -m benchmarks.svi_step [--repeats 5] [--threads 2] [--particles 1 8]
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import statistics
 import time
@@ -17,11 +23,24 @@ import time
 import torch
 import torch.nn.functional as F
 
+from benchmarks.baselines import numpyro_svi_step
 from benchmarks.common import LATENT_DIM, digits, digits_vae, interleaved_seconds
 
 BATCH_SIZE = 128
 STEPS = 250
 WARMUP = 50
+FREE_BITS = 0.1  # nats per latent unit: a floor that binds on some units of the digits VAE
+# fit's options of each library run: by default (compiled where it can be) and eagerly.
+LIBRARY_RUNS = {
+    "library": {},
+    "library_eager": {"jit": False},
+    "free_bits": {"free_bits": FREE_BITS},
+    "free_bits_eager": {"free_bits": FREE_BITS, "jit": False},
+}
+COMPILED_PAIRS = {
+    "elbo": ("library_eager", "library"),
+    "free_bits": ("free_bits_eager", "free_bits"),
+}
 
 
 def handwritten_fit(x: torch.Tensor, num_particles: int) -> float:
@@ -51,8 +70,8 @@ def handwritten_fit(x: torch.Tensor, num_particles: int) -> float:
     return (time.perf_counter() - start) / (STEPS - WARMUP)
 
 
-def library_fit(x: torch.Tensor, num_particles: int, jit: bool) -> float:
-    """Seconds per step of ``inference.fit``, from step WARMUP on."""
+def library_fit(x: torch.Tensor, num_particles: int, **options) -> float:
+    """Seconds per step of ``inference.fit`` with ``options``, from step WARMUP on."""
     from inference import fit
 
     model, guide = digits_vae()
@@ -73,7 +92,7 @@ def library_fit(x: torch.Tensor, num_particles: int, jit: bool) -> float:
         progress=False,
         callback=mark,
         callback_every=WARMUP,
-        jit=jit,
+        **options,
     )
     return (marks[STEPS] - marks[WARMUP]) / (STEPS - WARMUP)
 
@@ -89,29 +108,37 @@ def time_steps(num_particles: int, repeats: int, threads: int) -> dict:
 
         return record
 
+    runs = {
+        "handwritten": lambda: handwritten_fit(x, num_particles),
+        "numpyro_jit": lambda: numpyro_svi_step(num_particles, BATCH_SIZE, STEPS, WARMUP),
+    }
+    for name, options in LIBRARY_RUNS.items():
+        runs[name] = functools.partial(library_fit, x, num_particles, **options)
     interleaved_seconds(
-        {
-            "handwritten": recorder("handwritten", lambda: handwritten_fit(x, num_particles)),
-            "trace_elbo": recorder("trace_elbo", lambda: library_fit(x, num_particles, False)),
-            "jit_trace_elbo": recorder(
-                "jit_trace_elbo", lambda: library_fit(x, num_particles, True)
-            ),
-        },
-        repeats=repeats,
-        warmup=0,
+        {name: recorder(name, run) for name, run in runs.items()}, repeats=repeats, warmup=0
     )
     medians = {name: statistics.median(values) for name, values in per_step.items()}
     return {
         "num_particles": num_particles,
         "batch_size": BATCH_SIZE,
         "ms_per_step": {name: 1e3 * value for name, value in medians.items()},
-        "ratio": {
-            name: value / medians["handwritten"]
-            for name, value in medians.items()
-            if name != "handwritten"
+        "ratio": {name: value / medians["handwritten"] for name, value in medians.items()},
+        "compiled_over_eager": {
+            name: medians[compiled] / medians[eager]
+            for name, (eager, compiled) in COMPILED_PAIRS.items()
         },
     }
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--particles", type=int, nargs="+", default=[1, 8])
+    args = parser.parse_args()
+    rows = [time_steps(p, repeats=args.repeats, threads=args.threads) for p in args.particles]
+    print(json.dumps(rows, indent=2))
+
+
 if __name__ == "__main__":
-    print(json.dumps([time_steps(p, repeats=5, threads=2) for p in (1, 8)], indent=2))
+    main()

@@ -23,6 +23,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
 from inference._sites import (
+    check_device,
     check_distributions,
     check_guide_draws,
     check_parameters,
@@ -30,7 +31,7 @@ from inference._sites import (
     name_the_failure,
 )
 from inference._validate import check_data, check_seed
-from lvm_models._base import seed_32
+from lvm_models._base import forked_rng, seed_32
 
 DATA_PLATE = "data"
 PARTICLE_PLATE = "_lvm_particles"
@@ -86,7 +87,8 @@ class ProgramInfo:
     per-point figures condition on rather than count. ``enumerable_sites``: latent sites
     with enumerate support.
     ``vectorized``: whether particles may share one run in a particle plate; False runs
-    them one at a time (see :func:`check_vectorization`).
+    them one at a time (see :func:`check_vectorization`). ``device``: x's, where the
+    programs run and the per-point figures are made.
     """
 
     num_data: int
@@ -99,6 +101,7 @@ class ProgramInfo:
     vectorized: bool = True
     given_sites: tuple[str, ...] = ()
     enumerable_sites: tuple[str, ...] = ()
+    device: torch.device = torch.device("cpu")
 
     @property
     def particle_dim(self) -> int:
@@ -127,6 +130,7 @@ def checked_trace(role: str, fn: Callable, inputs: Inputs, replay: Trace | None 
     """:func:`trace_program` (replayed against ``replay`` where given), then the checks of
     :mod:`inference._sites`; where the run raises inside the program, the cause is named where
     it can be (:func:`~inference._sites.name_the_failure`)."""
+    check_device(role, fn, inputs.x)
     program = fn if replay is None else poutine.replay(fn, trace=replay)
 
     def run() -> Trace:
@@ -177,7 +181,7 @@ def inspect_pair(
     inputs = Inputs.of(inputs)
     # The prior run and the vectorisation check draw from a forked RNG; the caller's stream
     # gives one run of the guide, as it always has, so seeded results stay as they were.
-    with torch.random.fork_rng(devices=[]):
+    with forked_rng():
         prior_trace = checked_trace("model", model, inputs)
     prior_info = _program_info(inputs, prior_trace, None, data_plate)
     guide_trace = checked_trace("guide", guide, inputs)
@@ -195,7 +199,7 @@ def inspect_pair(
         )
     check_guide_matches(model_trace, guide_trace, info, allow_enumerated)
     if vectorize is None:
-        with torch.random.fork_rng(devices=[]):
+        with forked_rng():
             vectorize = check_vectorization(model, guide, inputs, info)
     return replace(info, vectorized=bool(vectorize))
 
@@ -273,6 +277,7 @@ def _program_info(
         enumerable_sites=tuple(
             n for n in latent if model_trace.nodes[n]["fn"].has_enumerate_support
         ),
+        device=inputs.x.device,
     )
 
 
@@ -401,7 +406,7 @@ def log_density_per_point(
     trace: Trace, info: ProgramInfo, num_particles: int, sites: Iterable[str]
 ) -> torch.Tensor:
     """Sum of the named sites' log-densities per particle and data point: shape (K, N)."""
-    total = torch.zeros(())
+    total = torch.zeros((), device=info.device)
     for name in sites:
         total = total + site_log_prob_per_point(trace.nodes[name], info)
     return total.expand(num_particles, info.num_data)
@@ -413,7 +418,7 @@ def log_density_total(
     """Sum of the named sites' log-densities per particle over every plate: (K,). The
     log-density of the whole data set, global sites counted once."""
     rank = info.max_plate_nesting + 1
-    total = torch.zeros(num_particles, dtype=torch.float64)
+    total = torch.zeros(num_particles, dtype=torch.float64, device=info.device)
     for name in sites:
         site = trace.nodes[name]
         log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
@@ -571,7 +576,8 @@ def vectorization_problem(
             apart_model = trace_program(poutine.condition(model, data=values), inputs)
             apart = log_weights_of_traces(apart_model, apart_guide, checked, 1)[0]
         scale = 1e-4 if apart.dtype == torch.float32 else 1e-8
-        if not torch.allclose(together[particle], apart, rtol=scale, atol=scale):
+        close = torch.allclose(together[particle], apart, rtol=scale, atol=scale, equal_nan=True)
+        if not close:
             worst = int((together[particle] - apart).abs().argmax())
             return (
                 f"a vectorised particle's log weight differs from the same draw run alone "
@@ -599,6 +605,10 @@ def log_weights_of_traces(
     guide_names = [n for n, s in sample_sites(guide_trace) if not is_auxiliary(s)]
     log_joint = log_density_per_point(model_trace, info, num_particles, model_names)
     log_weights = log_joint - log_density_per_point(guide_trace, info, num_particles, guide_names)
+    if log_weights.device.type != "cpu":
+        # Reading the check back would stall the device once per chunk of particles; a NaN
+        # or +inf weight reaches the estimate, whose own check (once per call) names it.
+        return log_weights
     bad = torch.isnan(log_weights) | (log_weights == math.inf)
     if bool(bad.any()):
         points = bad.any(0).nonzero().flatten()[:5].tolist()
@@ -621,7 +631,7 @@ def seeded(seed: int | None) -> Iterator[None]:
     if check_seed(seed) is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
+    with forked_rng():
         torch.manual_seed(seed_32(seed))
         yield
 
@@ -677,7 +687,7 @@ def _param_site_names(program: Callable, inputs: Inputs) -> list[str]:
     """Names of the param sites one run of ``program`` visits (none if it fails to run: the
     estimator's own run then reports why)."""
     tracer = poutine.trace(inputs.run)
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), forked_rng():
         try:
             trace = tracer.get_trace(program)
         except Exception:  # noqa: BLE001

@@ -16,6 +16,8 @@ from pyro.distributions import Delta
 from pyro.poutine.trace_struct import Trace
 from torch.distributions import Distribution, constraints
 
+from lvm_models._base import forked_rng
+
 
 def check_parameters(
     role: str, trace: Trace | None, modules: Iterable[torch.nn.Module] = ()
@@ -34,6 +36,22 @@ def check_parameters(
     for name, value in named:
         if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
             raise ValueError(f"the {role}'s parameter '{name}' contains NaN or inf")
+
+
+def check_device(role: str, fn: Callable, x: torch.Tensor) -> None:
+    """The parameters and buffers of the program's modules must be on x's device, where its
+    draws and log-densities are computed.
+
+    :raises ValueError: naming both devices and the first tensor elsewhere.
+    """
+    for module in modules_of(fn):
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if tensor.device != x.device:
+                raise ValueError(
+                    f"x is on {x.device} but the {role}'s {type(module).__name__}.{name} is on "
+                    f"{tensor.device}: put data, model and guide on one device (e.g. "
+                    f"{role}.to(x.device))"
+                )
 
 
 def check_distributions(role: str, trace: Trace, observed: bool = False) -> None:
@@ -105,7 +123,7 @@ def name_the_failure(
             f"x is {x.dtype} but the {role}'s parameters are {sorted(map(str, dtypes))}: give "
             "x the dtype of the networks (or pass dtype= to cast both)"
         ) from error
-    with pyro.validation_enabled(False), torch.random.fork_rng(devices=[]):
+    with pyro.validation_enabled(False), forked_rng():
         try:
             trace = run()
         except Exception:  # noqa: BLE001 - no better diagnosis: the original error stands

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pyro
@@ -152,6 +154,31 @@ def seed_32(seed: int) -> int:
     return int(np.random.SeedSequence(seed).generate_state(1)[0])
 
 
+@contextmanager
+def forked_rng() -> Iterator[None]:
+    """``torch.random.fork_rng`` over the CPU RNG and every CUDA device's: draws made in the
+    block, on any device, leave the caller's streams as they were. Before CUDA is initialised
+    no CUDA tensor exists to draw for, and its RNGs are left alone (not initialised)."""
+    in_use = torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if in_use else []):
+        yield
+
+
+def rng_state(device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The state of the RNGs a program on ``device`` draws from: the CPU's, and the device's
+    own where it is a CUDA device (Pyro draws a CUDA tensor's noise from that one)."""
+    if device.type == "cuda":
+        return torch.get_rng_state(), torch.cuda.get_rng_state(device)
+    return (torch.get_rng_state(),)
+
+
+def set_rng_state(state: tuple[torch.Tensor, ...], device: torch.device) -> None:
+    """Put back what :func:`rng_state` took for ``device``."""
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
+
+
 def parameter_matrix(name: str, value: object, layout: str) -> torch.Tensor:
     """``value`` as a 2-D floating tensor (integers become float64), for ``from_params``.
 
@@ -166,13 +193,17 @@ def parameter_matrix(name: str, value: object, layout: str) -> torch.Tensor:
 
 
 def parameter_of_shape(
-    name: str, value: object, shapes: tuple[tuple[int, ...], ...], dtype: torch.dtype
+    name: str,
+    value: object,
+    shapes: tuple[tuple[int, ...], ...],
+    dtype: torch.dtype,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """``value`` as a tensor of ``dtype`` whose shape is one of ``shapes``.
+    """``value`` as a tensor of ``dtype`` on ``device`` whose shape is one of ``shapes``.
 
     :raises ValueError: naming ``name``, the shapes it may have and the one it has.
     """
-    tensor = torch.as_tensor(value, dtype=dtype)
+    tensor = torch.as_tensor(value, dtype=dtype, device=device)
     if tensor.shape not in shapes:
         expected = " or ".join(str(shape) if shape else "a scalar" for shape in shapes)
         raise ValueError(f"{name} must have shape {expected}; got {tuple(tensor.shape)}")

@@ -79,18 +79,18 @@ class LinearGaussian(LatentVariableModel):
     ) -> LinearGaussian:
         """A model with the given W (D, k), b (D,) and noise standard deviations (D,) or scalar.
 
-        The model takes the dtype of ``weight`` (float64 for NumPy arrays). A scalar
+        The model takes the dtype and device of ``weight`` (float64 for NumPy arrays). A scalar
         ``noise_scale`` gives the isotropic (pPCA) model.
         """
         weight = parameter_matrix("weight", weight, "(D, k)")
         data_dim, latent_dim = weight.shape
-        bias = parameter_of_shape("bias", bias, ((data_dim,),), weight.dtype)
+        bias = parameter_of_shape("bias", bias, ((data_dim,),), weight.dtype, weight.device)
         noise_scale = parameter_of_shape(
-            "noise_scale", noise_scale, ((), (1,), (data_dim,)), weight.dtype
+            "noise_scale", noise_scale, ((), (1,), (data_dim,)), weight.dtype, weight.device
         )
         check_scales("noise_scale", noise_scale)
         noise = "diagonal" if noise_scale.shape == (data_dim,) and data_dim > 1 else "isotropic"
-        model = cls(data_dim, latent_dim, noise=noise).to(weight.dtype)
+        model = cls(data_dim, latent_dim, noise=noise).to(weight.device, weight.dtype)
         with torch.no_grad():
             model.weight.copy_(weight)
             model.bias.copy_(bias)

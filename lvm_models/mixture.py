@@ -41,13 +41,15 @@ class GaussianMixture(LatentVariableModel):
     def from_params(
         cls, logits: torch.Tensor, means: torch.Tensor, scales: torch.Tensor
     ) -> GaussianMixture:
-        """A mixture with logits (K,), means (K, D) and diagonal standard deviations (K, D)."""
+        """A mixture with logits (K,), means (K, D) and diagonal standard deviations (K, D),
+        in the dtype and on the device of ``means``."""
         means = parameter_matrix("means", means, "(K, D)")
         num_components, data_dim = means.shape
-        logits = parameter_of_shape("logits", logits, ((num_components,),), means.dtype)
-        scales = parameter_of_shape("scales", scales, (tuple(means.shape),), means.dtype)
+        dtype, device = means.dtype, means.device
+        logits = parameter_of_shape("logits", logits, ((num_components,),), dtype, device)
+        scales = parameter_of_shape("scales", scales, (tuple(means.shape),), dtype, device)
         check_scales("scales", scales)
-        model = cls(data_dim, num_components).to(means.dtype)
+        model = cls(data_dim, num_components).to(means.device, means.dtype)
         with torch.no_grad():
             model.logits.copy_(logits)
             model.means.copy_(means)

@@ -103,8 +103,8 @@ class GaussianVAE(_MLPDecoderModel):
         self.ignore_latent()
         last = output_layer(self.decoder)
         last.weight.zero_()
-        mean = torch.as_tensor(mean, dtype=last.bias.dtype)
-        covariance = torch.as_tensor(covariance, dtype=last.bias.dtype)
+        mean = torch.as_tensor(mean, dtype=last.bias.dtype, device=last.bias.device)
+        covariance = torch.as_tensor(covariance, dtype=last.bias.dtype, device=last.bias.device)
         if self.covariance == "diagonal":
             raw_scale = _inverse_softplus(covariance.diagonal().sqrt() - MIN_SCALE)
             last.bias.copy_(torch.cat([mean, raw_scale]))

@@ -223,7 +223,8 @@ def test_loss_is_nats_per_point(ppca_data, objective, num_particles):
         progress=False,
     )
     expected = -model.log_marginal(x).mean().item()
-    assert result.history.losses == pytest.approx([expected] * 3, rel=1e-9)
+    # The compiled step (the default) can hold float32 constants in a float64 trace: 1e-9.
+    assert result.history.losses == pytest.approx([expected] * 3, rel=1e-8)
 
 
 def test_minibatch_loss_is_unbiased_for_full_data_loss(ppca_data):

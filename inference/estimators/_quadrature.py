@@ -36,6 +36,7 @@ import torch
 from inference._programs import Inputs, ProgramInfo, particle_plate, trace_program
 from inference.estimators._latent import LatentSpace, model_log_densities
 from lvm_models import NoExactValueError
+from lvm_models._base import forked_rng
 
 _PRIOR_DRAWS = 512  # prior draws that place the prior's box
 _PRIOR_BOX_SDS = 12.0
@@ -227,7 +228,7 @@ def _density_dtype(model: Callable, inputs: Inputs, space: LatentSpace) -> torch
     """The dtype grids run in: the wider of the latent's and the one the model computes the
     density of its data in (float64 for float64 x and a float32 prior; float32 for a float32
     network that casts float64 x to its own dtype). The sums run in float64 either way."""
-    with torch.random.fork_rng(devices=[]):  # the starts' prior draws stay as they were
+    with forked_rng():  # the starts' prior draws stay as they were
         trace = trace_program(model, inputs)
     observed = [
         site["fn"].log_prob(site["value"]).dtype

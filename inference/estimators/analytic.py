@@ -47,4 +47,5 @@ def analytic_elbo(model: LinearGaussian, guide: Callable, x: torch.Tensor) -> to
 
 def _identity_like(covariance: torch.Tensor) -> torch.Tensor:
     size = covariance.shape[-1]
-    return torch.eye(size, dtype=covariance.dtype).expand(*covariance.shape[:-2], size, size)
+    identity = torch.eye(size, dtype=covariance.dtype, device=covariance.device)
+    return identity.expand(*covariance.shape[:-2], size, size)

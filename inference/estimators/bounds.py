@@ -9,13 +9,16 @@ points, never on the number of particles: the PSIS tail kept for k-hat is at mos
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from inference._programs import (
@@ -24,14 +27,21 @@ from inference._programs import (
     computed_in,
     evaluation_mode,
     inspect_pair,
-    log_importance_weights,
     seeded,
 )
 from inference._progress import CostNotice
 from inference._validate import check_finite_result, check_positive_int
+from inference.estimators._compiled import (  # noqa: F401 (the errors of compile=, re-exported)
+    ChunkLogWeights,
+    CompileError,
+    CompileWarning,
+    check_compile,
+)
 
-# Particles x data points evaluated at once when ``chunk_size`` is not given.
-_DEFAULT_CHUNK_BUDGET = 2**16
+# Particles x data points evaluated at once when ``chunk_size`` is not given: the fastest of
+# 2^12 to 2^18 on the digits VAE (``benchmarks/iw.py``, chunk sweep: 2^15 took 0.71 of 2^16's
+# time and 0.61 of 2^18's; below 2^14 the per-chunk Python dominates), and memory bounded.
+_DEFAULT_CHUNK_BUDGET = 2**15
 _MIN_TAIL = 10  # PSIS needs at least this many tail weights to fit a Pareto shape
 # PSIS fits its Pareto to the largest min(0.2 K, 3 sqrt K) weights; beyond K = 29127 that
 # exceeds 512 and grows without bound, so the tail kept per point (and fitted) stops here.
@@ -106,6 +116,7 @@ def elbo(
     model_kwargs: dict | None = None,
     data_plate: str | None = None,
     vectorize: bool | None = None,
+    compile: bool | None = None,
 ) -> Estimate:
     """Monte-Carlo ELBO per point: E_q[log p(x, z) - log q(z given x)] <= log p(x).
 
@@ -115,7 +126,7 @@ def elbo(
     :param guide: a Pyro guide sampling every latent site of the model (``guide(x)``).
     :param x: data (N, ...).
     :param int num_particles: draws per point (>= 2 for a standard error).
-    :param int chunk_size: particles evaluated at once (default: about 2^16 / N).
+    :param int chunk_size: particles evaluated at once (default: about 2^15 / N).
     :param int seed: seeds torch's RNG for this call only; None uses the caller's RNG.
     :param dtype: torch.float32 or torch.float64 to compute in: x and the model and guide
         (where they are modules) are cast for the call; None (default) keeps them as they are.
@@ -126,8 +137,15 @@ def elbo(
         the vectorised plate of size N around the observed sites).
     :param vectorize: evaluate particles in one extra plate (True) or one at a time (False);
         None (default) vectorises where that gives the same numbers as one at a time.
+    :param compile: compute the chunks' log weights with ``torch.compile``: True requires it
+        (:class:`CompileError` where the programs cannot be compiled), False never, None
+        (default) where it pays: vectorised programs whose chunks would take 3 minutes or more
+        eagerly, with a :class:`CompileWarning` and the eager path where compiling fails. The
+        same draws and log weights to float round-off either way (see
+        :mod:`inference.estimators._compiled`).
     :returns: an :class:`Estimate` in nats, ``per_point`` of shape (N,).
     """
+    check_compile(compile)
     inputs, chunk = _checked_call(
         x, ("num_particles", num_particles), chunk_size, num_particles, model_args, model_kwargs
     )
@@ -135,9 +153,12 @@ def elbo(
     with _evaluating(model, guide, inputs, seed, dtype) as inputs:
         info = inspect_pair(model, guide, inputs, data_plate=data_plate, vectorize=vectorize)
         sizes = list(_chunk_sizes(num_particles, chunk))
+        chunk_log_weights = _validating_first_chunk(
+            ChunkLogWeights(model, guide, inputs, info, sizes, compile, "elbo")
+        )
         notice = CostNotice("elbo", len(sizes), shown=False)
         for size in sizes:
-            moments.update(log_importance_weights(model, guide, inputs, size, info).double())
+            moments.update(chunk_log_weights(size).double())
             notice.step()
     check_finite_result("the ELBO", moments.mean, inputs.x)
     return Estimate(moments.mean, moments.stderr, num_particles, given=info.given_sites)
@@ -158,6 +179,7 @@ def iw_log_marginal(
     model_kwargs: dict | None = None,
     data_plate: str | None = None,
     vectorize: bool | None = None,
+    compile: bool | None = None,
 ) -> ImportanceEstimate:
     """Importance-weighted estimate of log p(x) per point: log (1/K) sum_k w_k, w = p(x,z)/q(z).
 
@@ -177,16 +199,17 @@ def iw_log_marginal(
     grow with K either (see :func:`_psis_tail_size`).
 
     :param int num_samples: K, particles per estimate (>= 1).
-    :param int chunk_size: particles evaluated at once (default: about 2^16 / N).
+    :param int chunk_size: particles evaluated at once (default: about 2^15 / N).
     :param int seed: seeds torch's RNG for this call only; None uses the caller's RNG.
     :param int num_replicates: R independent K-sample estimates.
     :param bool progress: show a progress bar over chunks.
     :param dtype: torch.float32 or torch.float64 to compute in (as in :func:`elbo`); the
         log-sum-exp runs in float64 either way.
-    :param model_args, model_kwargs, data_plate, vectorize: as in :func:`elbo`.
+    :param model_args, model_kwargs, data_plate, vectorize, compile: as in :func:`elbo`.
     :returns: an :class:`ImportanceEstimate` in nats with ``per_point``, ``ess``, ``khat``
         of shape (N,).
     """
+    check_compile(compile)
     check_positive_int("num_replicates", num_replicates)
     total = check_positive_int("num_samples", num_samples) * num_replicates
     inputs, chunk = _checked_call(
@@ -197,10 +220,13 @@ def iw_log_marginal(
     with _evaluating(model, guide, inputs, seed, dtype) as inputs:
         info = inspect_pair(model, guide, inputs, data_plate=data_plate, vectorize=vectorize)
         plan = list(_replicate_plan(num_samples, num_replicates, chunk))
+        sizes = [part.particles for part in plan]
+        chunk_log_weights = _validating_first_chunk(
+            ChunkLogWeights(model, guide, inputs, info, sizes, compile, "iw_log_marginal")
+        )
         notice = CostNotice("iw_log_marginal", len(plan), shown=progress)
         for part in tqdm(plan, disable=not progress, desc="IW chunks"):
-            log_weights = log_importance_weights(model, guide, inputs, part.particles, info)
-            log_weights = log_weights.double()  # (particles, N)
+            log_weights = chunk_log_weights(part.particles).double()  # (particles, N)
             pooled.update(log_weights)
             if part.whole_replicates:
                 replicates.feed(log_weights, part.whole_replicates, num_samples)
@@ -254,6 +280,24 @@ def _evaluating(
         yield cast
 
 
+def _validating_first_chunk(
+    chunk_log_weights: Callable[[int], torch.Tensor],
+) -> Callable[[int], torch.Tensor]:
+    """``chunk_log_weights`` with Pyro's and torch's validation (argument and support checks)
+    on the first chunk only, as the caller has it: the programs have been checked on a trace
+    of all the data by then, and on the digits VAE the checks cost two fifths of each chunk
+    (and break a compiled graph at every site). A later chunk whose numbers go bad still
+    ends in :func:`~inference._validate.check_finite_result`."""
+    calls = itertools.count()
+
+    def evaluate(size: int) -> torch.Tensor:
+        validate = is_validation_enabled() and next(calls) == 0
+        with pyro.validation_enabled(validate):
+            return chunk_log_weights(size)
+
+    return evaluate
+
+
 def _checked_call(
     x: object,
     count: tuple[str, int],
@@ -263,7 +307,7 @@ def _checked_call(
     model_kwargs: dict | None,
 ) -> tuple[Inputs, int]:
     """Check the arguments before any work: the inputs, and the chunk size (at most ``total``
-    particles; by default about 2^16 particle-points)."""
+    particles; by default about 2^15 particle-points)."""
     count_name, num_particles = count
     check_positive_int(count_name, num_particles)
     if chunk_size is not None:
@@ -274,7 +318,7 @@ def _checked_call(
 
 
 def _default_chunk_size(num_data: int) -> int:
-    """Particles per chunk when the caller names none: about 2^16 particle-points at once."""
+    """Particles per chunk when the caller names none: about 2^15 particle-points at once."""
     return max(1, _DEFAULT_CHUNK_BUDGET // num_data)
 
 
@@ -490,9 +534,13 @@ def _generalized_pareto_shape(exceedances: torch.Tensor, observed: torch.Tensor)
     sample = torch.where(observed, exceedances.double(), math.inf).sort(0).values  # (T, P)
     quartile = sample.gather(0, (n / 4 - 0.5).long().unsqueeze(0))  # (1, P)
     largest = sample.gather(0, (num - 1).unsqueeze(0))  # (1, P)
-    sample = torch.where(torch.arange(sample.shape[0]).unsqueeze(-1) < num, sample, 0.0)
+    sample = torch.where(
+        torch.arange(sample.shape[0], device=sample.device).unsqueeze(-1) < num, sample, 0.0
+    )
     grid_size = 30 + n.sqrt().floor()  # (P,)
-    grid = torch.arange(1, int(grid_size.max()) + 1, dtype=torch.float64).unsqueeze(-1)  # (G, 1)
+    grid = torch.arange(
+        1, int(grid_size.max()) + 1, dtype=torch.float64, device=sample.device
+    ).unsqueeze(-1)  # (G, 1)
     on_grid = grid <= grid_size  # (G, P)
     b = (1.0 - grid_size.sqrt() / (grid - 0.5).sqrt()) / (3.0 * quartile) + 1 / largest  # (G, P)
     b = torch.where(on_grid, b, 0.0)

@@ -124,7 +124,7 @@ def check_bounds(
         _check_ordered(low_name, low, high_name, high, z, allowance)
         checks.append(f"{low_name} <= {high_name}")
     if exact is not None:
-        exact = exact.to(bound.per_point.dtype)
+        exact = exact.to(bound.per_point)  # its dtype and device
         exact_row = Estimate(exact, torch.zeros_like(exact), 0)
         for name, row in rows:
             _check_ordered(name, row, "log p(x)", exact_row, z, allowance)

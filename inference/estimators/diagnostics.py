@@ -409,7 +409,8 @@ def rate_and_distortion_of(
 def _rate(model_trace, guide_trace, info: ProgramInfo) -> tuple[torch.Tensor, bool]:
     """KL(q || p) per point (N,), summed over latent sites and averaged over the traces'
     particles; and whether every site's KL was analytic."""
-    total, analytic = torch.zeros(info.num_data, dtype=torch.float64), True
+    total = torch.zeros(info.num_data, dtype=torch.float64, device=info.device)
+    analytic = True
     for name in info.latent_sites:
         guide_site, model_site = guide_trace.nodes[name], model_trace.nodes[name]
         kl = _analytic_kl(guide_site["fn"], model_site["fn"])
@@ -463,7 +464,7 @@ def _posterior_means(guide_trace, info: ProgramInfo) -> torch.Tensor:
         mean = with_particle_dim(mean, event_dims, info).mean(0, keepdim=True)
         columns.append(per_point_vector(mean, info, event_dims))
     if not columns:
-        return torch.zeros(info.num_data, 0)
+        return torch.zeros(info.num_data, 0, dtype=torch.float64, device=info.device)
     return torch.cat(columns, -1).double()
 
 
@@ -560,7 +561,7 @@ def _knn_mutual_information(values: torch.Tensor, offsets: torch.Tensor) -> tupl
         return terms.mean().item(), _stderr_of_mean(terms)
     variances = []
     for _ in range(_SPLIT_PARTITIONS):
-        parts = torch.randperm(num_data).tensor_split(groups)
+        parts = torch.randperm(num_data, device=values.device).tensor_split(groups)
         estimates = torch.stack(
             [(offsets[p] + _knn_neg_log_density(whitened[p])).mean() for p in parts]
         )  # (G,)
@@ -584,7 +585,9 @@ def _knn_neg_log_density(points: torch.Tensor) -> torch.Tensor:
         # The point itself is the nearest, at 0: the (k+1)-th smallest is the k-th neighbour.
         distances.append(pairwise.topk(KNN_NEIGHBOURS + 1, largest=False).values[:, -1])
     log_ball = 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim + 1)
-    digammas = torch.special.digamma(torch.tensor([num_data, KNN_NEIGHBOURS], dtype=torch.float64))
+    digammas = torch.special.digamma(
+        torch.tensor([num_data, KNN_NEIGHBOURS], dtype=torch.float64, device=points.device)
+    )
     return digammas[0] - digammas[1] + log_ball + dim * torch.cat(distances).log()
 
 
@@ -605,7 +608,8 @@ def _cross_log_q(
         with particle_plate(size, info):
             conditioned = trace_program(poutine.condition(guide, data=part), inputs)
         log_q = log_density_per_point(conditioned, info, size, names).double()  # (size, N)
-        own = torch.arange(start, start + size).unsqueeze(-1) == torch.arange(info.num_data)
+        rows = torch.arange(start, start + size, device=info.device).unsqueeze(-1)
+        own = rows == torch.arange(info.num_data, device=info.device)  # (size, N)
         every.append(torch.logsumexp(log_q, dim=1))
         others.append(torch.logsumexp(log_q.masked_fill(own, -math.inf), dim=1))
     return torch.cat(every), torch.cat(others)
@@ -622,7 +626,8 @@ def _cross_log_q_one_by_one(
         conditioned = trace_program(poutine.condition(guide, data=values), inputs)
         log_q = log_density_per_point(conditioned, info, 1, names)[0].double()  # (N,)
         every.append(torch.logsumexp(log_q, dim=0))
-        others.append(torch.logsumexp(log_q.index_fill(0, torch.tensor([n]), -math.inf), dim=0))
+        alone = log_q.index_fill(0, torch.tensor([n], device=info.device), -math.inf)
+        others.append(torch.logsumexp(alone, dim=0))
     return torch.stack(every), torch.stack(others)
 
 

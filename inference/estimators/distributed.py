@@ -166,7 +166,9 @@ def _map_blocks(
             failure = error
             message = f"rank {rank}, block {block} (points {start} to {stop - 1}): {error!r}"
             break
-        estimates.append((block, _on_cpu(estimate)))
+        estimates.append((block, estimate))
+    # Copied once the blocks are done, so no copy waits on a block still being computed.
+    estimates = [(block, _on_cpu(estimate)) for block, estimate in estimates]
     shares = _all_gather(_Share(estimates, message), world_size)
     if failure is not None:
         raise failure

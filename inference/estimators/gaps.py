@@ -33,6 +33,7 @@ from inference.estimators.bounds import Estimate, elbo, iw_log_marginal
 from inference.estimators.exact import NoExactValueError, exact_log_marginal
 from inference.training.optim import MultiTensorAdam
 from inference.training.train import fit
+from lvm_models._base import forked_rng
 
 GAP_BOUNDS = ("elbo", "iw")
 _FIT_PARTICLES = 32  # ELBO draws per point and step while fitting q*: little gradient noise
@@ -166,7 +167,7 @@ def gap_decomposition(
     encoder = measure(guide, seeds[1])
     optimal_guide = _mean_field_from(guide_trace.nodes[site], site)
     # fit reseeds torch's global RNG; the caller's stream is put back after a seeded fit.
-    keep_rng = contextlib.nullcontext() if seeds[2] is None else torch.random.fork_rng(devices=[])
+    keep_rng = contextlib.nullcontext() if seeds[2] is None else forked_rng()
     with keep_rng, _held_fixed(model, inputs) as fixed_model:
         fit(
             fixed_model,
@@ -234,9 +235,10 @@ def _mean_field_from(site: dict, name: str) -> MeanField:
     """A MeanField over ``name`` started at the encoder's mean and marginal standard deviations
     (the origin and unit scales where the encoder's distribution has no moments)."""
     num_data, latent_dim = site["value"].shape
-    dtype = site["value"].dtype
-    guide = MeanField(num_data, latent_dim, site=name).to(dtype)
-    loc, scale = torch.zeros(num_data, latent_dim, dtype=dtype), torch.ones_like(guide.scale)
+    dtype, device = site["value"].dtype, site["value"].device
+    guide = MeanField(num_data, latent_dim, site=name).to(dtype=dtype, device=device)
+    loc = torch.zeros(num_data, latent_dim, dtype=dtype, device=device)
+    scale = torch.ones_like(guide.scale)
     with contextlib.suppress(NotImplementedError):
         loc = site["fn"].mean.expand(num_data, latent_dim)
         variance = site["fn"].variance.expand(num_data, latent_dim)
@@ -253,7 +255,7 @@ def _held_fixed(model: Callable, inputs: Inputs) -> Iterator[Callable]:
     """The model with its parameters out of training: hidden from SVI's parameter capture
     (``poutine.block``) and ``requires_grad`` off (so no gradient lands on them), restored
     after."""
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), forked_rng():
         capture = poutine.trace(inputs.run, param_only=True).get_trace(model)
     tensors = {id(p): p for m in modules_of(model) for p in m.parameters()}
     for site in capture.nodes.values():

@@ -327,8 +327,8 @@ def train_pair(
     **objective: float,
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """A fresh model and encoder of ``setup`` trained on x; ``objective`` holds the remedies
-    (``beta``, ``kl_warmup_steps``, ``free_bits``), none by default. The plain ELBO runs
-    compiled (``jit=True``): the same steps, with Pyro's tracing done once."""
+    (``beta``, ``kl_warmup_steps``, ``free_bits``), none by default. Each step runs compiled
+    (fit's default): the same steps, with Pyro's tracing done once."""
     with seeded(seed):
         model = setup.make_model(x.shape[1])
         guide = AmortizedGaussian(x.shape[1], LATENT_DIM, hidden=setup.encoder_hidden)
@@ -343,7 +343,6 @@ def train_pair(
         optimizer=MultiTensorAdam({"lr": budget.lr}, lr_factor=_annealing(budget)),
         callback=callback,
         callback_every=budget.record_every,
-        jit=not objective.get("kl_warmup_steps") and not objective.get("free_bits"),
         **objective,
     )
     return model, guide

@@ -274,7 +274,6 @@ def built_in_sweeps(
         x,
         steps=1000 if quick else 4000,
         lr=3e-3,
-        jit=True,
         **common,
     )
     vae = rate_distortion(
@@ -283,7 +282,6 @@ def built_in_sweeps(
         x,
         steps=800 if quick else 3000,
         batch_size=64,
-        jit=True,
         **common,
     )
     return {"pPCA, noise fixed (linear oracle)": linear, "full-covariance Gaussian VAE": vae}

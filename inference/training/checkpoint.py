@@ -58,6 +58,8 @@ class TrainingState:
     :ivar logged: the history's periodic records (beta, rate, distortion and their steps).
     :ivar options: the training options, checked on resume.
     :ivar info: free-form metadata of the caller (the command line stores its arguments).
+    :ivar cuda_rng_state: the RNG state of the CUDA device the run trains on (where Pyro
+        draws a CUDA tensor's noise), or None on the CPU; absent from older checkpoints.
     """
 
     step: int
@@ -69,6 +71,10 @@ class TrainingState:
     logged: dict[str, list]
     options: dict[str, object]
     info: dict[str, object] = field(default_factory=dict)
+    cuda_rng_state: torch.Tensor | None = None
+
+
+_OPTIONAL_FIELDS = ("cuda_rng_state",)  # added within format version 2: may be missing
 
 
 def parameter_keys(
@@ -139,10 +145,11 @@ def load_checkpoint(path: str | Path) -> TrainingState:
             f"checkpoint {str(path)!r} is damaged: its contents do not match their checksum"
         )
     fields = _load_torch(io.BytesIO(body), path)
-    missing = [n for n in TrainingState.__dataclass_fields__ if n not in fields]
+    names = TrainingState.__dataclass_fields__
+    missing = [n for n in names if n not in fields and n not in _OPTIONAL_FIELDS]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: no {missing}")
-    state = TrainingState(**{name: fields[name] for name in TrainingState.__dataclass_fields__})
+    state = TrainingState(**{name: fields[name] for name in names if name in fields})
     _check_fields(state, path)
     return state
 
@@ -175,6 +182,11 @@ def _check_fields(state: TrainingState, path: Path) -> None:
             torch.Generator().set_state(value)
         except (TypeError, RuntimeError):
             problems.append(f"{name} is not a torch RNG state")
+    cuda_state = state.cuda_rng_state
+    if cuda_state is not None and not (
+        isinstance(cuda_state, torch.Tensor) and cuda_state.dtype == torch.uint8
+    ):
+        problems.append("cuda_rng_state is not a torch RNG state")
     if problems:
         raise CheckpointError(f"checkpoint {str(path)!r} is invalid: {'; '.join(problems)}")
 
@@ -229,12 +241,14 @@ class LiveRun:
     :ivar batch_generator: the minibatch generator, or None for full-batch training.
     :ivar options: what must not change between the run and its resumption
         (:func:`data_fingerprint` among them).
+    :ivar device: the data's device, whose RNG a CUDA run draws from.
     """
 
     parameters: dict[str, torch.Tensor]
     optimizer: pyro.optim.PyroOptim
     batch_generator: torch.Generator | None
     options: dict[str, object]
+    device: torch.device = torch.device("cpu")
 
 
 class Checkpointer:
@@ -305,11 +319,15 @@ def capture_state(
         logged=plain({name: list(values) for name, values in logged.items()}),
         options=plain(dict(run.options)),
         info=plain(dict(info or {})),
+        cuda_rng_state=(
+            torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None
+        ),
     )
 
 
 def restore_state(state: TrainingState, run: LiveRun) -> None:
-    """Put a run back where ``state`` left it: parameters, optimiser, RNGs.
+    """Put a run back where ``state`` left it: parameters, optimiser, RNGs (a CUDA device's
+    where the checkpoint has its state and the run trains there).
 
     :raises CheckpointError: when the parameters or the training options differ.
     """
@@ -331,6 +349,8 @@ def restore_state(state: TrainingState, run: LiveRun) -> None:
         {store.param_name(run.parameters[key]): saved for key, saved in state.optimizer.items()}
     )
     torch.set_rng_state(state.rng_state)
+    if run.device.type == "cuda" and state.cuda_rng_state is not None:
+        torch.cuda.set_rng_state(state.cuda_rng_state, run.device)
     if run.batch_generator is not None:
         run.batch_generator.set_state(state.batch_rng_state)
 

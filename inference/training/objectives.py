@@ -11,6 +11,12 @@ Losses are negative bounds summed over the points of a minibatch of B; ``SVI`` s
 times N / B, an unbiased estimate of the full-data loss (the ``data_scale`` of
 :meth:`Objective.svi`).
 
+The ELBO and free bits also run compiled (``jit=True``): the loss and its gradient traced once
+with ``torch.jit.trace`` (Pyro's ``JitTrace_ELBO``, and ``pyro.ops.jit.trace`` for free bits),
+the KL weight of the step an input of the trace, so warm-up and any other schedule work
+compiled. A compiled step draws the random numbers of the eager one, in the same order: the
+same seed gives the same draws and losses equal to float rounding.
+
 Example::
 
     fit(model, guide, x, objective=IWAE(num_particles=5), steps=2000, batch_size=256)
@@ -18,12 +24,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-import pyro.poutine as poutine
+import pyro.ops.jit
 import torch
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import PyroOptim
@@ -37,9 +45,29 @@ from inference._programs import (
     sample_sites,
     site_log_prob_per_point,
 )
+from inference._sites import modules_of
 from inference._validate import check_finite_number, check_positive_int
+from inference.training.schedules import _ScaleLatent
+from lvm_models._base import forked_rng
 
 Loss = Callable[..., torch.Tensor]  # loss(model, guide, x, *args, **kwargs): a scalar
+
+# The compiled loss is checked against the eager one at a KL weight other than the traced
+# one (1), so a weight baked into the trace shows; to these relative tolerances, far above
+# the rounding of a sum in the dtype and far below what a different computation gives (a
+# float64 trace can hold float32 constants: shape arithmetic and a distribution's constant
+# terms can run in the default dtype, about 3e-9 relative on a float64 loss).
+_CHECK_KL_WEIGHT = 0.5
+_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-7}
+
+
+class CompilationError(ValueError):
+    """``jit=True`` was asked of an objective or programs that cannot run compiled; the
+    message says why."""
+
+
+class CompilationWarning(UserWarning):
+    """``jit=None`` (compile where it works) runs eagerly; the message says why."""
 
 
 class Objective:
@@ -52,14 +80,14 @@ class Objective:
         exactly (True), drawn by the guide (False), or summed out where the programs have
         them (None, settled by :meth:`for_program`). Where it is not False the guide may
         leave such sites out.
-    :cvar needs_constant_kl_weight: the step is compiled once, so the KL weight (beta) of
-        its first step holds for all of them.
+    :cvar jit: whether the step runs compiled (True), eagerly (False), or compiled where the
+        programs allow (None, settled by fit). Objectives that compile make it a field.
     """
 
     name: ClassVar[str]
     num_particles: int
     enumerate: ClassVar[bool | None] = False
-    needs_constant_kl_weight: ClassVar[bool] = False
+    jit: ClassVar[bool | None] = False
 
     def __post_init__(self) -> None:
         check_positive_int("num_particles", self.num_particles)
@@ -80,9 +108,16 @@ class Objective:
         info: ProgramInfo,
         data_scale: float,
     ) -> SVI:
-        """What fit steps: ``svi.step(x, *args, **kwargs)`` takes one step on a minibatch and
-        returns its loss times ``data_scale`` (N / B). Here, ``SVI`` on :meth:`loss`."""
+        """What fit steps (with :meth:`step`): one step on a minibatch returns its loss times
+        ``data_scale`` (N / B). Here, ``SVI`` on :meth:`loss`."""
         return SVI(model, guide, optimizer, loss=_scaled(self.loss(info), data_scale))
+
+    def step(self, svi: SVI, batch: Inputs, kl_weight: float) -> float:
+        """One step of ``svi`` on ``batch``, the log-densities of the latent sites, in model and
+        guide, multiplied by ``kl_weight``: the loss of the step times N / B."""
+        weighting = _ScaleLatent(kl_weight) if kl_weight != 1.0 else contextlib.nullcontext()
+        with weighting:
+            return svi.step(batch.x, *batch.args, **batch.kwargs)
 
     def options(self) -> dict[str, object]:
         """What a checkpoint records of the objective, which a resumed run must match: by
@@ -93,28 +128,142 @@ class Objective:
         return {"objective": repr(self)}
 
 
+class _Compilable(Objective):
+    """What the objectives that run compiled share: with ``jit`` true, :meth:`svi` steps on
+    programs that take the KL weight as their first argument, ``program(kl_weight, x, *args,
+    **kwargs)`` (:func:`_with_kl_weight`), and on the subclass's :meth:`_compiled_loss` of
+    them; :meth:`step` passes the weight as a 0-dim tensor, an input of the trace."""
+
+    jit: bool | None
+
+    def svi(
+        self,
+        model: Callable,
+        guide: Callable,
+        optimizer: PyroOptim,
+        info: ProgramInfo,
+        data_scale: float,
+    ) -> SVI:
+        if not self.jit:
+            return super().svi(model, guide, optimizer, info, data_scale)
+        model, guide = _with_kl_weight(model), _with_kl_weight(guide)
+        loss = self._compiled_loss(model, guide, info)
+        return SVI(model, guide, optimizer, loss=_scaled(loss, data_scale))
+
+    def step(self, svi: SVI, batch: Inputs, kl_weight: float) -> float:
+        if not self.jit:
+            return super().step(svi, batch, kl_weight)
+        weight = torch.as_tensor(kl_weight, dtype=batch.x.dtype)
+        with _interpreted():
+            return svi.step(weight, batch.x, *batch.args, **batch.kwargs)
+
+    def checked_svi(
+        self,
+        model: Callable,
+        guide: Callable,
+        optimizer: PyroOptim,
+        info: ProgramInfo,
+        data_scale: float,
+        probes: tuple[Inputs, Inputs],
+        parameters: Sequence[torch.Tensor],
+    ) -> SVI:
+        """The compiled :meth:`svi`, compiled on ``probes[0]`` and checked on ``probes[1]``
+        (minibatches of the training's shape): with the same random numbers, its loss and the
+        gradient of ``parameters`` must be the eager ones, to float rounding.
+
+        The trace records one run of the programs: control flow that depends on the data,
+        parameters created after the first run, or state that is not a tensor argument
+        would be frozen in it, and the check sees that where ``probes[1]`` exercises it.
+        Random numbers, module buffers (BatchNorm's running statistics) and the parameters
+        are as they were before the call.
+
+        :raises CompilationError: naming what cannot be compiled, or how the compiled loss
+            differs from the eager one.
+        """
+        if self.enumerate:
+            raise CompilationError(
+                "enumerated discrete latent sites are summed out eagerly (TraceEnum_ELBO)"
+            )
+        tensor_kwargs = [k for k, v in probes[0].kwargs.items() if isinstance(v, torch.Tensor)]
+        if tensor_kwargs:
+            raise CompilationError(
+                f"the tensor keyword argument(s) {tensor_kwargs} would be frozen into the "
+                "trace; pass them in model_args"
+            )
+        compiled = replace(self, jit=True).svi(model, guide, optimizer, info, data_scale)
+        eager_loss = _scaled(replace(self, jit=False).loss(info), data_scale)
+        traced, checked = probes
+        dtype = checked.x.dtype
+        with _state_kept(model, guide):
+            # Outside the try: an error of the eager step is the programs', not the trace's.
+            with _ScaleLatent(_CHECK_KL_WEIGHT):
+                expected = _loss_and_grads(eager_loss, model, guide, checked, (), parameters)
+            try:
+                with _interpreted():
+                    one = torch.ones((), dtype=dtype)
+                    compiled.loss(
+                        compiled.model, compiled.guide, one, traced.x, *traced.args, **traced.kwargs
+                    )
+                    weight = torch.as_tensor(_CHECK_KL_WEIGHT, dtype=dtype)
+                    actual = _loss_and_grads(
+                        compiled.loss,
+                        compiled.model,
+                        compiled.guide,
+                        checked,
+                        (weight,),
+                        parameters,
+                    )
+            except Exception as error:  # whatever stops the trace means: run eagerly
+                first_line = str(error).splitlines()[0] if str(error) else ""
+                raise CompilationError(
+                    f"tracing the step fails ({type(error).__name__}: {first_line})"
+                ) from error
+        difference = _first_difference(expected, actual, dtype)
+        if difference:
+            raise CompilationError(
+                f"the compiled step differs from the eager one ({difference}): a trace records "
+                "one run, and these programs do what it cannot (control flow on the data, a "
+                "parameter created after the first run, state that is not an argument, float64 "
+                "arithmetic on shapes)"
+            )
+        return compiled
+
+    def _compiled_loss(self, model: Callable, guide: Callable, info: ProgramInfo) -> Loss:
+        """The loss of :meth:`loss`, compiled, of programs that take the KL weight first:
+        ``loss(model, guide, kl_weight, x, *args, **kwargs)``."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class ELBO(Objective):
+class ELBO(_Compilable):
     """The evidence lower bound (Kingma and Welling, 2014),
     ``sum_n E_q[log p(x_n, z) - log q(z given x_n)]``, with Pyro's ``Trace_ELBO``: each
     expectation estimated with ``num_particles`` samples. Discrete latent sites with
     enumerate support are summed out exactly with ``TraceEnum_ELBO`` where ``enumerate``
-    says (None: whenever the model has such sites); model and guide are then marked with
-    ``config_enumerate``.
+    says (None: whenever the model has such sites and the step is not compiled); model and
+    guide are then marked with ``config_enumerate``. ``jit=True`` compiles the step with
+    Pyro's ``JitTrace_ELBO`` (without enumeration): the same estimate and the same random
+    numbers, with the Python of the programs run once.
     """
 
     num_particles: int = 1
     enumerate: bool | None = None
+    jit: bool | None = None
     name: ClassVar[str] = "elbo"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.enumerate not in (None, True, False):
-            raise ValueError(f"enumerate must be None, True or False; got {self.enumerate!r}")
+        for option in ("enumerate", "jit"):
+            if getattr(self, option) not in (None, True, False):
+                raise ValueError(
+                    f"{option} must be None, True or False; got {getattr(self, option)!r}"
+                )
+        if self.jit and self.enumerate:
+            raise ValueError("enumerate=True runs eagerly (TraceEnum_ELBO); got jit=True")
 
     def for_program(self, info: ProgramInfo) -> ELBO:
         if self.enumerate is None:
-            return replace(self, enumerate=bool(info.enumerable_sites))
+            return replace(self, enumerate=bool(info.enumerable_sites) and self.jit is not True)
         if self.enumerate and not info.enumerable_sites:
             raise ValueError("enumerate=True: the model has no discrete latent site to enumerate")
         return self
@@ -141,41 +290,32 @@ class ELBO(Objective):
         return super().svi(model, guide, optimizer, info, data_scale)
 
     def options(self) -> dict[str, object]:
-        return _format_2_options(self, enumerate=bool(self.enumerate))
+        return _format_2_options(self, jit=bool(self.jit), enumerate=bool(self.enumerate))
 
-
-@dataclass(frozen=True)
-class JitELBO(Objective):
-    """The ELBO of :class:`ELBO` (without enumeration) with Pyro's ``JitTrace_ELBO``: the same
-    estimate with the Python of the tracing run once, for programs of static structure.
-    Compiling takes a second or two, and keeps the first step's constants: the minibatch
-    scaling N / B goes into the programs (``poutine.scale``), so batches must all be of size
-    B, and the KL weight must be constant.
-    """
-
-    num_particles: int = 1
-    name: ClassVar[str] = "elbo"
-    needs_constant_kl_weight: ClassVar[bool] = True
-
-    def svi(
-        self,
-        model: Callable,
-        guide: Callable,
-        optimizer: PyroOptim,
-        info: ProgramInfo,
-        data_scale: float,
-    ) -> SVI:
+    def _compiled_loss(self, model: Callable, guide: Callable, info: ProgramInfo) -> Loss:
         elbo = JitTrace_ELBO(
             num_particles=self.num_particles,
             vectorize_particles=self.num_particles > 1 and info.vectorized,
             max_plate_nesting=info.max_plate_nesting,
             ignore_jit_warnings=True,
         )
-        scaled = (poutine.scale(program, scale=data_scale) for program in (model, guide))
-        return SVI(*scaled, optimizer, loss=elbo)
 
-    def options(self) -> dict[str, object]:
-        return _format_2_options(self, jit=True)
+        def loss(model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+            value, surrogate = elbo.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+            # Not JitTrace_ELBO.differentiable_loss: its value + (surrogate - detached
+            # surrogate) differentiates the value too, which doubles a pathwise gradient.
+            return value.detach() + (surrogate - surrogate.detach())
+
+        return loss
+
+
+@dataclass(frozen=True)
+class JitELBO(ELBO):
+    """``ELBO(num_particles, enumerate=False, jit=True)``, the compiled ELBO, by the name it
+    had when only the ELBO compiled."""
+
+    enumerate: bool | None = False
+    jit: bool | None = True
 
 
 @dataclass(frozen=True)
@@ -215,7 +355,7 @@ class IWAE(Objective):
 
 
 @dataclass(frozen=True)
-class FreeBits(Objective):
+class FreeBits(_Compilable):
     """The ELBO with free bits (Kingma et al., 2016): the KL term becomes
     ``B sum_j max(floor, KL_j)``, KL_j the analytic KL of latent unit j averaged over the
     minibatch of B (and the particles), so that no unit is pushed below ``floor`` nats.
@@ -224,10 +364,15 @@ class FreeBits(Objective):
     than the data plate. It needs factorised Gaussian latent sites in model and guide
     (``Normal`` or ``Normal(...).to_event(...)``). The floor applies to a batch mean, so the
     loss times N / B is not an unbiased estimate of the full-data loss.
+
+    ``jit=True`` compiles the loss and its gradient with ``pyro.ops.jit.trace`` (what Pyro's
+    ``JitTrace_ELBO`` does for the ELBO): the same loss and random numbers, with the Python
+    of the programs and of this loss run once.
     """
 
     floor: float
     num_particles: int = 1
+    jit: bool | None = None
     name: ClassVar[str] = "elbo"
 
     def __post_init__(self) -> None:
@@ -260,7 +405,17 @@ class FreeBits(Objective):
         return loss
 
     def options(self) -> dict[str, object]:
-        return _format_2_options(self, free_bits=self.floor)
+        return _format_2_options(self, free_bits=self.floor, jit=bool(self.jit))
+
+    def _compiled_loss(self, model: Callable, guide: Callable, info: ProgramInfo) -> Loss:
+        floored = self.loss(info)
+
+        def weighted_loss(kl_weight: torch.Tensor, x: torch.Tensor, *args, **kwargs):
+            programs = (functools.partial(p, kl_weight) for p in (model, guide))
+            return floored(*programs, x, *args, **kwargs)
+
+        compiled = pyro.ops.jit.trace(weighted_loss, ignore_warnings=True)
+        return lambda model, guide, *args, **kwargs: compiled(*args, **kwargs)
 
 
 def _format_2_options(
@@ -274,6 +429,73 @@ def _format_2_options(
         "jit": jit,
         "enumerate": enumerate,
     }
+
+
+def _interpreted() -> contextlib.AbstractContextManager:
+    """Run compiled graphs as recorded, differentiated by torch's autograd: the profiling
+    executor's optimised graphs (autodiff subgraphs) step the digits VAE with 8 particles
+    10-30% slower than that, and 1 particle no faster."""
+    return torch.jit.optimized_execution(False)
+
+
+def _with_kl_weight(program: Callable) -> Callable:
+    """``program`` called as ``(kl_weight, x, *args, **kwargs)``, its latent sites' log-densities
+    multiplied by ``kl_weight``: a tensor argument, which a trace takes as an input."""
+
+    def weighted(kl_weight: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> object:
+        with _ScaleLatent(kl_weight):
+            return program(x, *args, **kwargs)
+
+    return weighted
+
+
+@contextlib.contextmanager
+def _state_kept(model: Callable, guide: Callable) -> Iterator[None]:
+    """Run the block with torch's RNG and the programs' module buffers put back after it."""
+    buffers = [b for module in modules_of(model, guide) for b in module.buffers()]
+    saved = [b.detach().clone() for b in buffers]
+    try:
+        with forked_rng():
+            yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
+
+
+def _loss_and_grads(
+    loss: Loss,
+    model: Callable,
+    guide: Callable,
+    inputs: Inputs,
+    leading: tuple,
+    parameters: Sequence[torch.Tensor],
+) -> list[torch.Tensor]:
+    """``loss(model, guide, *leading, x, *args, **kwargs)`` from torch's seed 0, and its
+    gradient with respect to each of ``parameters`` (zeros where it has none): [loss, *grads]."""
+    torch.manual_seed(0)
+    value = loss(model, guide, *leading, inputs.x, *inputs.args, **inputs.kwargs)
+    parameters = list(parameters)
+    gradients = [None] * len(parameters)
+    if parameters and value.requires_grad:
+        gradients = torch.autograd.grad(value, parameters, allow_unused=True)
+    return [value.detach()] + [
+        torch.zeros_like(p) if g is None else g for p, g in zip(parameters, gradients)
+    ]
+
+
+def _first_difference(
+    expected: list[torch.Tensor], actual: list[torch.Tensor], dtype: torch.dtype
+) -> str | None:
+    """Where the compiled [loss, *gradients] departs from the eager one beyond float rounding
+    (relative to the largest entry of each), or None."""
+    tolerance = _CHECK_TOLERANCE.get(dtype, _CHECK_TOLERANCE[torch.float32])
+    for index, (wanted, got) in enumerate(zip(expected, actual)):
+        allowed = tolerance * max(1.0, wanted.abs().max().item())
+        if not bool(((wanted - got).abs() <= allowed).all()):
+            what = "loss" if index == 0 else f"gradient of parameter {index - 1}"
+            return f"{what}: largest difference {(wanted - got).abs().max().item():.3g}"
+    return None
 
 
 def _scaled(loss: Loss, data_scale: float) -> Loss:

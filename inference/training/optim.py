@@ -70,7 +70,9 @@ class MultiTensorAdam(PyroOptim):
             name = pyro.get_param_store().param_name(param)
             saved = self._state_waiting_to_be_consumed.pop(name, None)
             if saved is not None:
-                self._optimizer.state[param] = dict(next(iter(saved["state"].values())))
+                self._optimizer.state[param] = _on_device_of(
+                    param, next(iter(saved["state"].values()))
+                )
 
     def get_state(self) -> dict:
         if self._optimizer is None:
@@ -85,3 +87,13 @@ class MultiTensorAdam(PyroOptim):
             for param in self._known
             if param in self._optimizer.state
         }
+
+
+def _on_device_of(param: torch.Tensor, saved: dict) -> dict:
+    """A saved one-parameter Adam state where ``torch.optim``'s ``load_state_dict`` puts it:
+    the moments on the parameter's device and in its dtype (a checkpoint loads on the CPU),
+    the step count as it was."""
+    return {
+        key: value.to(param) if isinstance(value, torch.Tensor) and key != "step" else value
+        for key, value in saved.items()
+    }

@@ -10,6 +10,9 @@ names one of these; ``fit(kl_schedule=...)`` passes one directly. A new schedule
 subclass of :class:`KLSchedule`: cyclical annealing (Fu et al., 2019), for one, splits the
 ``steps`` into M cycles and raises the weight linearly over the first fraction R of each.
 
+The weight enters the step through :class:`_ScaleLatent`, with a number (the eager step) or a
+tensor that is an input of the compiled step, so every schedule works compiled too.
+
 Example::
 
     fit(model, guide, x, steps=5000, kl_schedule=LinearWarmup(beta=1.0, warmup_steps=1000))
@@ -18,19 +21,17 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from inference._validate import check_finite_number, check_positive_int
 
 
 class KLSchedule:
     """What :func:`~inference.fit` asks of a KL-weight schedule; subclasses are frozen
-    dataclasses that implement ``__call__``.
-
-    :cvar constant: the weight is the same at every step (a compiled objective needs that).
-    """
-
-    constant: ClassVar[bool] = False
+    dataclasses that implement ``__call__``."""
 
     def __call__(self, step: int, steps: int) -> float:
         """The KL weight of step ``step`` (from 0) of a run of ``steps`` steps."""
@@ -48,7 +49,6 @@ class ConstantBeta(KLSchedule):
     """beta_t = ``beta`` at every step: the ELBO at 1 (the default), a beta-VAE otherwise."""
 
     beta: float = 1.0
-    constant: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_finite_number("beta", self.beta)
@@ -77,3 +77,19 @@ class LinearWarmup(KLSchedule):
 
     def options(self) -> dict[str, object]:
         return {"beta": self.beta, "kl_warmup_steps": self.warmup_steps}
+
+
+class _ScaleLatent(Messenger):
+    """Multiplies the log-density of every latent (unobserved) sample site by ``scale``: a
+    number, or a 0-dim tensor that a compiled step takes as an input.
+
+    Pyro's ``poutine.scale`` scales every site; beta must leave the observed sites alone.
+    """
+
+    def __init__(self, scale: float | torch.Tensor) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg):
+            msg["scale"] = self.scale * msg["scale"]

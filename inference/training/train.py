@@ -3,7 +3,7 @@
 fit is a short loop over small pieces, each in one place:
 
 - what is maximised: an objective value (:mod:`inference.training.objectives`: ELBO, IWAE,
-  free bits, the compiled ELBO), named by fit's ``objective`` and its options, or passed as
+  free bits, eager or compiled), named by fit's ``objective`` and its options, or passed as
   a value;
 - the KL weight of each step: a schedule value (:mod:`inference.training.schedules`);
 - the options, checked once: :class:`TrainingOptions`;
@@ -17,7 +17,6 @@ full-data loss and reported divided by N, so histories of data sets of any size 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -32,9 +31,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI
 from pyro.optim import PyroOptim
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from inference._programs import (
@@ -52,18 +49,28 @@ from inference.training.checkpoint import (
     LiveRun,
     TrainingState,
     data_fingerprint,
+    load_checkpoint,
     optimizer_name,
     parameter_keys,
 )
-from inference.training.objectives import ELBO, IWAE, FreeBits, JitELBO, Objective
+from inference.training.objectives import (
+    ELBO,
+    IWAE,
+    CompilationError,
+    CompilationWarning,
+    FreeBits,
+    Objective,
+)
 from inference.training.optim import MultiTensorAdam
 from inference.training.schedules import ConstantBeta, KLSchedule, LinearWarmup
+from inference.training.schedules import _ScaleLatent as _ScaleLatent  # tests patch it here
 from lvm_models._base import seed_32
 
 OBJECTIVES = ("elbo", "iwae")
 _LOGGED = ("logged_steps", "beta", "rate", "distortion")  # what History records every log_every
 _PROGRESS_EVERY = 25  # steps between progress-bar refreshes
 _SMOOTHING = 0.05  # weight of the newest loss in the progress bar's moving average
+_EAGER = ELBO()  # steps as every eager objective does: the KL weight by a handler
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ def fit(
     checkpoint_every: int = 0,
     resume: str | Path | None = None,
     checkpoint_info: dict[str, object] | None = None,
-    jit: bool = False,
+    jit: bool | None = None,
     log_every: int = 50,
     model_args: tuple = (),
     model_kwargs: dict | None = None,
@@ -146,6 +153,14 @@ def fit(
     pathwise, so every latent site must be reparameterisable. ``objective`` may also be an
     objective value of :mod:`inference.training.objectives` (``ELBO``, ``IWAE``, ``FreeBits``,
     ``JitELBO`` or a new one), which then holds its own particles and options.
+
+    ``jit`` compiles the step, loss and gradient, with ``torch.jit.trace`` (Pyro's
+    ``JitTrace_ELBO``; ``pyro.ops.jit.trace`` for free bits), for the ELBO without
+    enumeration and for free bits: the KL weight of each step is an input of the trace, so
+    every remedy and schedule below works compiled. Before the first step the compiled loss
+    and gradient are checked against the eager ones on a second minibatch, with the same
+    random numbers; the compiled steps then draw what the eager steps would draw, so the
+    same seed gives the same losses to float rounding (about 1e-7 relative in float32).
 
     Remedies for posterior collapse, all off by default:
 
@@ -200,9 +215,13 @@ def fit(
     :param checkpoint_info: metadata stored in the checkpoint (the command line keeps its
         arguments there).
     :param log_every: steps between the history's records of beta, rate and distortion.
-    :param jit: compile the ELBO with Pyro's ``JitTrace_ELBO`` (``objective="elbo"``, a fixed
-        beta, no free bits): the same estimate with the Python of the tracing run once, for
-        programs of static structure. Compiling takes a second or two.
+    :param jit: True: compile the step (``objective="elbo"`` without enumeration, with or
+        without free bits), or raise a
+        :class:`~inference.training.objectives.CompilationError` saying why it cannot; None:
+        compile where that works, otherwise run eagerly with a one-line
+        :class:`~inference.training.objectives.CompilationWarning` saying why (resuming, the
+        checkpoint's choice); False: eager. A checkpoint records what ran. Compiling costs
+        a few eager steps once; the compiled step saves the programs' Python every step.
     :param model_args, model_kwargs: extra arguments of model and guide after the data:
         ``model(x, *model_args, **model_kwargs)``, e.g. labels; a tensor among them whose
         leading dimension is N is minibatched with the data.
@@ -214,7 +233,7 @@ def fit(
     :param enumerate: sum out the discrete latent sites that have enumerate support, exactly,
         with Pyro's ``TraceEnum_ELBO`` (sites in the guide and the model are marked with
         ``config_enumerate``); None (default) does so whenever there are such sites and
-        ``objective="elbo"`` without free bits or jit.
+        ``objective="elbo"`` without free bits or ``jit=True``.
     :param kl_schedule: a :class:`~inference.training.schedules.KLSchedule` (then ``beta`` and
         ``kl_warmup_steps`` stay at their defaults).
     :returns: a :class:`FitResult`. The loss of a step is the negative (beta-weighted) bound
@@ -247,19 +266,19 @@ def fit(
     if options.seed is not None:
         _seed_everything(options.seed)
     info, trained = _inspect(model, guide, inputs, options, data_plate, vectorize)
-    objective = options.objective.for_program(info)
+    objective = _jit_of_checkpoint(options.objective.for_program(info), resume)
     optimizer = options.optimizer or MultiTensorAdam({"lr": options.lr})
     batches = _Minibatches(inputs, options.batch_size, options.seed)
-    svi = objective.svi(model, guide, optimizer, info, batches.data_scale)
+    objective, svi = _compiled_or_eager(objective, model, guide, optimizer, info, batches, trained)
     resumable = options.resume_options(objective, info, optimizer, inputs)
-    run = LiveRun(trained, optimizer, batches.generator, resumable)
+    run = LiveRun(trained, optimizer, batches.generator, resumable, inputs.x.device)
     record = _Recorder(model, guide, info, options.log_every, checkpoints.resume(resume, run))
     first_step, start = len(record.losses), time.perf_counter()
     bar = _Progress(record.losses, options.steps, progress, objective.name)
     for step in bar:
         batch = batches.draw()
         kl_weight = options.kl_schedule(step, options.steps)
-        loss = _svi_step(svi, batch, kl_weight, step == first_step) / inputs.num_data
+        loss = _svi_step(svi, batch, kl_weight, step == first_step, objective) / inputs.num_data
         record.add(step, loss, kl_weight, batch)
         bar.show(step, loss)
         if callback is not None and (step + 1) % options.callback_every == 0:
@@ -293,7 +312,7 @@ class TrainingOptions:
         objective: str | Objective,
         num_particles: int,
         free_bits: float,
-        jit: bool,
+        jit: bool | None,
         enumerate: bool | None,
         beta: float,
         kl_warmup_steps: int,
@@ -329,11 +348,6 @@ class TrainingOptions:
             raise ValueError(f"batch_size must be at most N={num_data}; got {batch_size}")
         schedule = _kl_schedule_of(kl_schedule, beta, kl_warmup_steps)
         check_finite_number("lr", lr, positive=True)
-        if chosen.needs_constant_kl_weight and not schedule.constant:
-            raise ValueError(
-                f"{chosen!r} (jit=True) compiles its first step, so it needs a constant KL "
-                f"weight (no kl_warmup_steps); got {schedule!r}"
-            )
         if optimizer is not None and not isinstance(optimizer, PyroOptim):
             raise TypeError(
                 f"optimizer must be a pyro.optim.PyroOptim; got {type(optimizer).__name__}"
@@ -373,13 +387,13 @@ def _objective_of(
     objective: str | Objective,
     num_particles: int,
     free_bits: float,
-    jit: bool,
+    jit: bool | None,
     enumerate: bool | None,
 ) -> Objective:
     """The objective that fit's keywords name, or the value passed (which then takes none)."""
     if isinstance(objective, Objective):
         given = {"num_particles": num_particles != 1, "free_bits": free_bits != 0}
-        given |= {"jit": bool(jit), "enumerate": enumerate is not None}
+        given |= {"jit": jit is not None, "enumerate": enumerate is not None}
         if any(given.values()):
             raise ValueError(
                 f"objective={objective!r} holds its own options; set "
@@ -392,23 +406,25 @@ def _objective_of(
             f"got {objective!r}"
         )
     check_finite_number("free_bits", free_bits)
-    if jit and (objective != "elbo" or free_bits > 0):
-        raise ValueError(
-            "jit=True needs objective='elbo' with a fixed beta and no free bits; got "
-            f"objective={objective!r}, free_bits={free_bits}"
+    if jit not in (None, True, False):
+        raise ValueError(f"jit must be None, True or False; got {jit!r}")
+    if jit and objective != "elbo":
+        raise CompilationError(
+            f"jit=True compiles objective='elbo' (with or without free bits); got "
+            f"objective={objective!r}"
         )
     if free_bits > 0 and objective != "elbo":
         raise ValueError(f"free_bits needs objective='elbo'; got objective={objective!r}")
     if enumerate and (objective != "elbo" or free_bits > 0 or jit):
         raise ValueError(
-            "enumerate=True needs objective='elbo' without free bits or jit; got "
+            "enumerate=True needs objective='elbo' without free bits or jit=True; got "
             f"objective={objective!r}, free_bits={free_bits}, jit={jit}"
         )
-    if jit:
-        return JitELBO(num_particles)
+    if objective == "iwae":
+        return IWAE(num_particles)
     if free_bits > 0:
-        return FreeBits(free_bits, num_particles)
-    return ELBO(num_particles, enumerate) if objective == "elbo" else IWAE(num_particles)
+        return FreeBits(free_bits, num_particles, jit=jit)
+    return ELBO(num_particles, enumerate, jit=jit)
 
 
 def _kl_schedule_of(
@@ -482,7 +498,9 @@ class _Minibatches:
     """The data of each step: ``batch_size`` points drawn without replacement (with their
     per-point arguments) from a generator seeded by ``seed`` (by torch's RNG when None); or,
     full-batch, all of them in order (a guide with one parameter per row, such as MeanField,
-    needs every row in place). ``data_scale`` is N / B."""
+    needs every row in place). ``data_scale`` is N / B. The generator is a CPU one whatever
+    the data's device (the same seed draws the same minibatches everywhere); each step's
+    indices go to the data's device in one copy."""
 
     def __init__(self, inputs: Inputs, batch_size: int | None, seed: int | None) -> None:
         self.inputs, self.batch_size = inputs, batch_size
@@ -497,34 +515,77 @@ class _Minibatches:
         if self.generator is None:
             return self.inputs
         order = torch.randperm(self.inputs.num_data, generator=self.generator)
-        return self.inputs.subset(order[: self.batch_size])
+        return self.inputs.subset(order[: self.batch_size].to(self.inputs.x.device))
+
+    def probes(self) -> tuple[Inputs, Inputs]:
+        """Two minibatches of the training's shape, the first and the last rows (the data
+        twice, full-batch), drawn without touching the generator: to compile a step on."""
+        if self.generator is None:
+            return self.inputs, self.inputs
+        num_data, size, device = self.inputs.num_data, self.batch_size, self.inputs.x.device
+        return tuple(
+            self.inputs.subset(torch.arange(start, start + size, device=device))
+            for start in (0, num_data - size)
+        )
 
 
-def _svi_step(svi: SVI, batch: Inputs, latent_scale: float, validate: bool) -> float:
-    """One SVI step, the latent sites' log-densities scaled by ``latent_scale``.
+def _jit_of_checkpoint(objective: Objective, resume: str | Path | None) -> Objective:
+    """With ``jit=None``, a resumed run takes the path its checkpoint records (``jit`` among
+    its options), so it continues as it began."""
+    if objective.jit is not None or resume is None:
+        return objective
+    recorded = load_checkpoint(resume).options.get("jit")
+    return replace(objective, jit=recorded) if isinstance(recorded, bool) else objective
+
+
+def _compiled_or_eager(
+    objective: Objective,
+    model: Callable,
+    guide: Callable,
+    optimizer: PyroOptim,
+    info: ProgramInfo,
+    batches: _Minibatches,
+    trained: dict[str, torch.Tensor],
+) -> tuple[Objective, SVI]:
+    """The objective with ``jit`` settled to what runs, and the SVI fit steps.
+
+    ``jit`` True or None compiles and checks the step
+    (:meth:`~inference.training.objectives.ELBO.checked_svi`); where that fails, True
+    raises its :class:`CompilationError` and None runs eagerly, with a warning saying why.
+    """
+    if objective.jit is False:
+        return objective, objective.svi(model, guide, optimizer, info, batches.data_scale)
+    try:
+        svi = objective.checked_svi(
+            model,
+            guide,
+            optimizer,
+            info,
+            batches.data_scale,
+            batches.probes(),
+            list(trained.values()),
+        )
+        return replace(objective, jit=True), svi
+    except CompilationError as error:
+        if objective.jit:
+            raise CompilationError(f"jit=True cannot compile this step: {error}") from error
+        warnings.warn(f"fit runs eagerly: {error}", CompilationWarning, stacklevel=3)
+        eager = replace(objective, jit=False)
+        return eager, eager.svi(model, guide, optimizer, info, batches.data_scale)
+
+
+def _svi_step(
+    svi: SVI, batch: Inputs, latent_scale: float, validate: bool, objective: Objective = _EAGER
+) -> float:
+    """One step of ``objective`` (:meth:`~inference.training.objectives.Objective.step`), the
+    latent sites' log-densities scaled by ``latent_scale``.
 
     Pyro's and torch's validation (argument and support checks, shape checks of the traces)
     run on the first step of a call only: the model and guide have been checked on all the
     data by then, and on small networks the checks cost a fifth of the step.
     """
-    scaling = _ScaleLatent(latent_scale) if latent_scale != 1.0 else contextlib.nullcontext()
-    with pyro.validation_enabled(validate), scaling:
-        return svi.step(batch.x, *batch.args, **batch.kwargs)
-
-
-class _ScaleLatent(Messenger):
-    """Multiplies the log-density of every latent (unobserved) sample site by ``scale``.
-
-    Pyro's ``poutine.scale`` scales every site; beta must leave the observed sites alone.
-    """
-
-    def __init__(self, scale: float) -> None:
-        super().__init__()
-        self.scale = scale
-
-    def _process_message(self, msg: dict) -> None:
-        if msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg):
-            msg["scale"] = self.scale * msg["scale"]
+    with pyro.validation_enabled(validate):
+        return objective.step(svi, batch, latent_scale)
 
 
 class _Recorder:
