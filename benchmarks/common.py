@@ -70,8 +70,14 @@ def resident_mib() -> float:
 
 
 def peak_resident_mib() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory so far, in MiB: ``VmHWM`` of its own address space.
+    (``getrusage``'s ``ru_maxrss`` would carry over the parent's peak into a forked and exec'd
+    worker, so every worker would report the launcher's size.)"""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("/proc/self/status has no VmHWM line")
 
 
 def in_subprocess(module: str, *arguments: str) -> dict:
