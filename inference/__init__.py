@@ -10,23 +10,51 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from inference._programs import VectorizationWarning
-from inference.estimators.ais import AISEstimate, BDMCResult, ais_log_marginal, bdmc
-from inference.estimators.bounds import Estimate, ImportanceEstimate, elbo, iw_log_marginal
-from inference.estimators.checks import BoundsReport, check_bounds
-from inference.estimators.compare import Comparison, ComparisonRow, compare
-from inference.estimators.diagnostics import Diagnosis, diagnose
-from inference.estimators.distributed import (
-    distributed_ais_log_marginal,
-    distributed_iw_log_marginal,
-)
-from inference.estimators.evidence import EvidenceEstimate, log_evidence
-from inference.estimators.exact import NoExactValueError, exact_log_marginal
-from inference.estimators.gaps import GapDecomposition, gap_decomposition
-from inference.studies.frontier import RateDistortion, rate_distortion
-from inference.training.objectives import ELBO, IWAE, FreeBits, JitELBO, Objective
-from inference.training.schedules import ConstantBeta, KLSchedule, LinearWarmup
-from inference.training.train import FitResult, History, fit
+# Every public name loads its module on first use (PEP 562), so importing a subpackage, such
+# as the `lvm` command line for its --help, does not load torch and Pyro.
+_NAMES = {
+    "VectorizationWarning": "inference._programs",
+    "AISEstimate": "inference.estimators.ais",
+    "BDMCResult": "inference.estimators.ais",
+    "ais_log_marginal": "inference.estimators.ais",
+    "bdmc": "inference.estimators.ais",
+    "Estimate": "inference.estimators.bounds",
+    "ImportanceEstimate": "inference.estimators.bounds",
+    "elbo": "inference.estimators.bounds",
+    "iw_log_marginal": "inference.estimators.bounds",
+    "BoundsReport": "inference.estimators.checks",
+    "check_bounds": "inference.estimators.checks",
+    "Comparison": "inference.estimators.compare",
+    "ComparisonRow": "inference.estimators.compare",
+    "compare": "inference.estimators.compare",
+    "Diagnosis": "inference.estimators.diagnostics",
+    "diagnose": "inference.estimators.diagnostics",
+    "distributed_ais_log_marginal": "inference.estimators.distributed",
+    "distributed_iw_log_marginal": "inference.estimators.distributed",
+    "EvidenceEstimate": "inference.estimators.evidence",
+    "log_evidence": "inference.estimators.evidence",
+    "NoExactValueError": "inference.estimators.exact",
+    "exact_log_marginal": "inference.estimators.exact",
+    "GapDecomposition": "inference.estimators.gaps",
+    "gap_decomposition": "inference.estimators.gaps",
+    "RateDistortion": "inference.studies.frontier",
+    "rate_distortion": "inference.studies.frontier",
+    "RunError": "inference.studies.runs",
+    "RunSpec": "inference.studies.runs",
+    "load_run": "inference.studies.runs",
+    "save_run": "inference.studies.runs",
+    "ELBO": "inference.training.objectives",
+    "IWAE": "inference.training.objectives",
+    "FreeBits": "inference.training.objectives",
+    "JitELBO": "inference.training.objectives",
+    "Objective": "inference.training.objectives",
+    "ConstantBeta": "inference.training.schedules",
+    "KLSchedule": "inference.training.schedules",
+    "LinearWarmup": "inference.training.schedules",
+    "FitResult": "inference.training.train",
+    "History": "inference.training.train",
+    "fit": "inference.training.train",
+}
 
 
 def _public_names(module: str) -> list[str]:
@@ -52,8 +80,9 @@ _MOVED_MODULES = {"numpyro_backend": _LAZY_MODULES[0], "arviz_export": _LAZY_MOD
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY_NAMES:
-        return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    module = _NAMES.get(name) or _LAZY_NAMES.get(name)
+    if module is not None:
+        return getattr(importlib.import_module(module), name)
     if name in _MOVED_MODULES:
         return importlib.import_module(_MOVED_MODULES[name])
     raise AttributeError(f"module 'inference' has no attribute {name!r}")
@@ -82,6 +111,8 @@ __all__ = [
     "ImportanceEstimate",
     "NoExactValueError",
     "RateDistortion",
+    "RunError",
+    "RunSpec",
     "VectorizationWarning",
     "ais_log_marginal",
     "bdmc",
@@ -95,7 +126,9 @@ __all__ = [
     "fit",
     "gap_decomposition",
     "iw_log_marginal",
+    "load_run",
     "log_evidence",
     "rate_distortion",
+    "save_run",
     *_LAZY_NAMES,
 ]

@@ -19,6 +19,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
@@ -281,11 +282,11 @@ def _program_info(
     )
 
 
-def _in_frame(site: dict, frame) -> bool:
+def _in_frame(site: dict, frame: CondIndepStackFrame) -> bool:
     return any(f.name == frame.name for f in site["cond_indep_stack"])
 
 
-def _frame_size(trace: Trace, frame) -> int:
+def _frame_size(trace: Trace, frame: CondIndepStackFrame) -> int:
     """A plate's size; for a plate declared without one, the size its sites' values give it
     (an observed value broadcasts against its distribution, so both count)."""
     if frame.size is not None and frame.size > 0:
@@ -304,7 +305,9 @@ def _frame_size(trace: Trace, frame) -> int:
     return max(sizes, default=1)
 
 
-def _data_frame(trace: Trace, role: str, num_data: int, data_plate: str | None):
+def _data_frame(
+    trace: Trace, role: str, num_data: int, data_plate: str | None
+) -> CondIndepStackFrame:
     """The data plate of a trace: the one named, or the vectorised plate of size N around
     every observed site."""
     frames = {f.name: f for _, site in sample_sites(trace) for f in site["cond_indep_stack"]}

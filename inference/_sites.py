@@ -76,7 +76,7 @@ def check_distributions(role: str, trace: Trace, observed: bool = False) -> None
             )
 
 
-def _opted_out(fn) -> bool:
+def _opted_out(fn: Distribution) -> bool:
     return Distribution._validate_args and getattr(fn, "_validate_args", True) is False
 
 
@@ -151,7 +151,7 @@ def modules_of(*programs: Callable) -> list[torch.nn.Module]:
     return list(found.values())
 
 
-def _layers(fn) -> list:
+def _layers(fn: Distribution) -> list[Distribution]:
     """A distribution and the ones it wraps (Independent, Expanded, Masked, Transformed)."""
     layers = [fn]
     while hasattr(layers[-1], "base_dist"):
@@ -159,7 +159,7 @@ def _layers(fn) -> list:
     return layers
 
 
-def _parameter_problem(fn) -> str | None:
+def _parameter_problem(fn: Distribution) -> str | None:
     for param, constraint in getattr(fn, "arg_constraints", {}).items():
         value = fn.__dict__.get(param)  # lazy parameters (probs of a logits Bernoulli) skipped
         if not isinstance(value, torch.Tensor) or constraints.is_dependent(constraint):
@@ -175,14 +175,14 @@ def _parameter_problem(fn) -> str | None:
     return None
 
 
-def _in_support(fn, value: torch.Tensor) -> bool:
+def _in_support(fn: Distribution, value: torch.Tensor) -> bool:
     support = fn.support
     if constraints.is_dependent(support):
         return True
     return bool(support.check(value).all())
 
 
-def _may_leave_support(guide_fn, model_fn, drawn: torch.Tensor) -> bool:
+def _may_leave_support(guide_fn: Distribution, model_fn: Distribution, drawn: torch.Tensor) -> bool:
     """The draw lies outside the model's support, or the guide ranges over the whole real
     line (or real vectors) where the model's support is bounded."""
     model_support = model_fn.support
@@ -197,12 +197,12 @@ def _may_leave_support(guide_fn, model_fn, drawn: torch.Tensor) -> bool:
     return guide_base in unbounded and _base_support(model_support) not in unbounded
 
 
-def _base_support(support):
+def _base_support(support: constraints.Constraint) -> constraints.Constraint:
     while isinstance(support, constraints.independent):
         support = support.base_constraint
     return support
 
 
-def _describe(fn) -> str:
+def _describe(fn: Distribution) -> str:
     base = _layers(fn)[-1]
     return f"{type(base).__name__} has support {_base_support(fn.support)}"

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
@@ -28,8 +30,11 @@ import torch
 from guides import AmortizedCategorical, AmortizedGaussian, ExactPosterior, PriorGuide
 from lvm_models import GaussianMixture, GaussianVAE, LinearGaussian
 
+if TYPE_CHECKING:
+    from hypothesis.strategies import DrawFn, SearchStrategy
 
-def _st():
+
+def _st() -> ModuleType:
     from hypothesis import strategies
 
     return strategies
@@ -41,14 +46,14 @@ def _generator(seed: int) -> torch.Generator:
 
 def linear_gaussian_models(
     max_data_dim: int = 8, max_latent_dim: int = 4, data_dim: int | None = None
-):
+) -> SearchStrategy[LinearGaussian]:
     """Float64 ``LinearGaussian`` models, D in [1, max_data_dim] (or exactly ``data_dim``),
     k in [1, max_latent_dim], noise standard deviations around exp(U(-2, 1))."""
     st = _st()
     data_dims = st.just(data_dim) if data_dim is not None else st.integers(1, max_data_dim)
 
     @st.composite
-    def draw(draw_from) -> LinearGaussian:
+    def draw(draw_from: DrawFn) -> LinearGaussian:
         data_dim = draw_from(data_dims)
         latent_dim = draw_from(st.integers(1, max_latent_dim))
         log_noise = draw_from(st.floats(-2.0, 1.0))
@@ -63,12 +68,14 @@ def linear_gaussian_models(
     return draw()
 
 
-def gaussian_mixtures(max_data_dim: int = 4, max_components: int = 4):
+def gaussian_mixtures(
+    max_data_dim: int = 4, max_components: int = 4
+) -> SearchStrategy[GaussianMixture]:
     """Float64 ``GaussianMixture`` models with random weights, means and scales."""
     st = _st()
 
     @st.composite
-    def draw(draw_from) -> GaussianMixture:
+    def draw(draw_from: DrawFn) -> GaussianMixture:
         data_dim = draw_from(st.integers(1, max_data_dim))
         components = draw_from(st.integers(1, max_components))
         spread = draw_from(st.floats(0.5, 5.0))
@@ -83,12 +90,14 @@ def gaussian_mixtures(max_data_dim: int = 4, max_components: int = 4):
     return draw()
 
 
-def mlp_decoder_models(max_data_dim: int = 4, latent_dims: tuple[int, ...] = (1, 2)):
+def mlp_decoder_models(
+    max_data_dim: int = 4, latent_dims: tuple[int, ...] = (1, 2)
+) -> SearchStrategy[GaussianVAE]:
     """Small float64 ``GaussianVAE`` models with a 1-D or 2-D latent (exact by quadrature)."""
     st = _st()
 
     @st.composite
-    def draw(draw_from) -> GaussianVAE:
+    def draw(draw_from: DrawFn) -> GaussianVAE:
         data_dim = draw_from(st.integers(1, max_data_dim))
         latent_dim = draw_from(st.sampled_from(latent_dims))
         torch_seed = draw_from(st.integers(0, 2**31 - 1))
@@ -99,7 +108,7 @@ def mlp_decoder_models(max_data_dim: int = 4, latent_dims: tuple[int, ...] = (1,
     return draw()
 
 
-def gaussian_guides(model: LinearGaussian | GaussianVAE):
+def gaussian_guides(model: LinearGaussian | GaussianVAE) -> SearchStrategy[Callable]:
     """Guides for a model with a Gaussian latent ``"z"``: the prior, a random encoder, a badly
     placed fixed Gaussian, and (for a ``LinearGaussian``) the exact posterior."""
     st = _st()
@@ -115,7 +124,7 @@ def gaussian_guides(model: LinearGaussian | GaussianVAE):
     return st.one_of(choices)
 
 
-def overdispersed_gaussian_guides(model: LinearGaussian):
+def overdispersed_gaussian_guides(model: LinearGaussian) -> SearchStrategy[Callable]:
     """Poor but valid proposals for a ``LinearGaussian``: the prior, or a fixed Gaussian placed
     off centre (loc in [-2, 2]) and at least as broad as the prior (scale in [1, e]).
 
@@ -132,7 +141,7 @@ def overdispersed_gaussian_guides(model: LinearGaussian):
     )
 
 
-def categorical_guides(model: GaussianMixture):
+def categorical_guides(model: GaussianMixture) -> SearchStrategy[Callable]:
     """Guides for a mixture: the prior, or a random amortised categorical encoder."""
     st = _st()
     return st.one_of(
@@ -141,7 +150,7 @@ def categorical_guides(model: GaussianMixture):
     )
 
 
-def _random_encoder(model, seed: int) -> AmortizedGaussian:
+def _random_encoder(model: LinearGaussian | GaussianVAE, seed: int) -> AmortizedGaussian:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AmortizedGaussian(model.data_dim, model.latent_dim, hidden=(8,)).double()
@@ -167,12 +176,12 @@ def _fixed_gaussian(latent_dim: int, loc: float, log_scale: float) -> Callable:
     return guide
 
 
-def data_from(model: Callable, max_num_data: int = 30):
+def data_from(model: Callable, max_num_data: int = 30) -> SearchStrategy[torch.Tensor]:
     """(N, D) data drawn from ``model`` itself with a drawn seed, N in [2, max_num_data]."""
     st = _st()
 
     @st.composite
-    def draw(draw_from) -> torch.Tensor:
+    def draw(draw_from: DrawFn) -> torch.Tensor:
         num_data = draw_from(st.integers(2, max_num_data))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(draw_from(st.integers(0, 2**31 - 1)))

@@ -152,7 +152,9 @@ class AutoregressiveBernoulli(dist.TorchDistribution):
         self.z = z
         super().__init__(z.shape[:-1], torch.Size([network.data_dim]), validate_args=validate_args)
 
-    def expand(self, batch_shape: torch.Size, _instance=None) -> AutoregressiveBernoulli:
+    def expand(
+        self, batch_shape: torch.Size, _instance: AutoregressiveBernoulli | None = None
+    ) -> AutoregressiveBernoulli:
         z = self.z.expand(*batch_shape, self.z.shape[-1])
         return AutoregressiveBernoulli(self.network, z, validate_args=False)
 

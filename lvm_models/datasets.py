@@ -8,23 +8,33 @@ different distribution as well as different points. Randomness comes from a loca
 state. Nothing is downloaded: the digits are scikit-learn's bundled copy of the UCI handwritten
 digits, :func:`sklearn.datasets.load_digits` (1797 images of 8 x 8 pixels, integers 0..16).
 
+A researcher's own data comes from a file with :func:`from_file` (``.npy``, ``.npz``, ``.csv``,
+``.pt``), checked once, into the same :class:`Dataset`; :func:`split` holds out a seeded part of
+any data set for evaluation.
+
 Usage::
 
     data = load("correlated-gaussian", seed=1, num_data=500)
     data.x.shape                       # torch.Size([500, 8])
     data.log_density(data.x).mean()    # average exact log p_data(x), nats
+    mine = from_file("my_data.npy")    # (N, ...) -> x of shape (N, D)
+    train, test = split(mine, 0.2, seed=0)
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import math
 import numbers
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from sklearn.datasets import load_digits, make_moons
 from torch.distributions import (
     Categorical,
     Distribution,
@@ -229,6 +239,8 @@ def two_moons(num_data: int = 2000, noise: float = 0.1, seed: int = 0) -> Datase
     """
     _check_at_least("num_data", num_data, 2)
     _check_at_least("noise", noise, 0.0)
+    from sklearn.datasets import make_moons  # scikit-learn loads only for the data it makes
+
     points, _ = make_moons(n_samples=num_data, noise=noise, random_state=_data_seed(seed))
     x = torch.from_numpy(points)
     x = (x - x.mean(0)) / x.std(0, correction=0)
@@ -241,6 +253,8 @@ def two_moons(num_data: int = 2000, noise: float = 0.1, seed: int = 0) -> Datase
 
 def _digit_pixels() -> torch.Tensor:
     """(1797, 64) float64 integer pixel values 0..16 of scikit-learn's bundled digits."""
+    from sklearn.datasets import load_digits
+
     return torch.from_numpy(load_digits().data)
 
 
@@ -341,5 +355,223 @@ def load(name: str, *, seed: int = 0, **kwargs: Any) -> Dataset:
     :raises ValueError: when ``name`` is not registered; the message lists the known names.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+        raise ValueError(
+            f"unknown data set {name!r}; known: {', '.join(DATASETS)}, or a file ending "
+            f"{', '.join(FILE_FORMATS)} (datasets.from_file)"
+        )
     return DATASETS[name](seed=seed, **kwargs)
+
+
+FILE_FORMATS = (".npy", ".npz", ".csv", ".pt")
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be used; the message names the file and what is wrong with it."""
+
+
+def from_file(path: str | Path, key: str | None = None, binary: bool | None = None) -> Dataset:
+    """A researcher's data, an array of shape (N, ...) in a file, checked and as a Dataset.
+
+    The format is the extension's, and reading one never unpickles code:
+
+    - ``.npy``: one array (``numpy.load(allow_pickle=False)``);
+    - ``.npz``: named arrays; ``key`` picks one (a file with a single array needs none);
+    - ``.csv``: numbers separated by commas, one point per row; a first row without a single
+      number is a header;
+    - ``.pt``: a tensor, or a dict of tensors that ``key`` picks from
+      (``torch.load(weights_only=True)``).
+
+    Booleans and integers become floats. A point with more than one dimension, (N, H, W) say,
+    is flattened in row-major order to D = H * W, the (N, D) layout the models take.
+
+    :param path: the file.
+    :param key: the array of an ``.npz``, or the entry of a dict saved as ``.pt``.
+    :param binary: None: binary when every entry is 0 or 1; True: that is required;
+        False: continuous whatever the values.
+    :returns: a Dataset named ``str(path)`` with float32 ``x`` of shape (N, D) and no
+        ``log_density`` (the density of a researcher's data is unknown).
+    :raises DataFileError: for an unknown extension, a missing or unreadable file, an
+        ``.npz`` (or dict) of several arrays and no ``key`` (it names them), a CSV cell that is
+        not a number (its row and column), fewer than 2 dimensions or N < 2, a dtype that is not
+        numeric (object, text, complex), NaN or infinite entries (their count and the first
+        index), or non-binary entries with ``binary=True``.
+    """
+    path = Path(path)
+    where = f"data file {str(path)!r}"
+    suffix = path.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        known = ", ".join(FILE_FORMATS)
+        raise DataFileError(f"{where}: unknown extension {path.suffix!r}; known: {known}")
+    if binary not in (None, True, False):
+        raise TypeError(f"binary must be None, True or False; got {binary!r}")
+    if key is not None and suffix not in (".npz", ".pt"):
+        raise DataFileError(f"{where}: key={key!r} picks an array of an .npz or .pt file only")
+    if not path.is_file():
+        raise DataFileError(f"{where} does not exist")
+    values = _checked_values(_read(path, suffix, key, where), where)  # (N, ...) float32
+    x = values.reshape(values.shape[0], -1)  # (N, D)
+    is_binary = bool(((x == 0) | (x == 1)).all())
+    if binary and not is_binary:
+        index = _first_index((values != 0) & (values != 1))
+        raise DataFileError(
+            f"{where}: binary=True, but it holds {values[index].item():.4g} at index {index}"
+        )
+    shown_key = "" if key is None else f" [{key}]"
+    return Dataset(
+        name=str(path),
+        x=x.contiguous(),
+        description=f"{x.shape[1]}-D data from {path.name}{shown_key}, N={x.shape[0]}",
+        binary=is_binary if binary is None else binary,
+    )
+
+
+def split(data: Dataset, test_fraction: float, *, seed: int) -> tuple[Dataset, Dataset]:
+    """Training and held-out rows of ``data``: a seeded split, for log p(x) on unseen data.
+
+    round(test_fraction * N) rows (at least 1, leaving at least 1) are held out: the first
+    entries of ``torch.randperm(N)`` drawn from a generator seeded with ``seed``. Both parts
+    keep the rows' order; the same data, fraction and seed give the same split.
+
+    :param data: N >= 2 points.
+    :param test_fraction: the share held out, in (0, 1).
+    :returns: ``(train, held_out)``, Datasets with ``data``'s name, binary flag and density.
+    """
+    fraction_ok = isinstance(test_fraction, numbers.Real) and not isinstance(test_fraction, bool)
+    if not (fraction_ok and 0 < test_fraction < 1):
+        raise ValueError(f"test_fraction must be a number in (0, 1); got {test_fraction!r}")
+    num_data = data.x.shape[0]
+    if num_data < 2:
+        raise ValueError(f"a split needs N >= 2 points; {data.name!r} has {num_data}")
+    num_held_out = min(max(round(test_fraction * num_data), 1), num_data - 1)
+    order = torch.randperm(num_data, generator=_generator(seed))
+    held_out_rows = order[:num_held_out].sort().values
+    train_rows = order[num_held_out:].sort().values
+    rule = f"test_fraction {test_fraction}, seed {seed}"
+    train = dataclasses.replace(
+        data,
+        x=data.x[train_rows],
+        description=f"{data.description}: {num_data - num_held_out} training rows ({rule})",
+    )
+    held_out = dataclasses.replace(
+        data,
+        x=data.x[held_out_rows],
+        description=f"{data.description}: {num_held_out} held-out rows ({rule})",
+    )
+    return train, held_out
+
+
+def _read(path: Path, suffix: str, key: str | None, where: str) -> np.ndarray | torch.Tensor:
+    """The array a file holds, as stored; a DataFileError for one that cannot be read."""
+    try:
+        if suffix == ".csv":
+            return _read_csv(path, where)
+        if suffix == ".pt":
+            return _read_torch(path, key, where)
+        stored = np.load(path, allow_pickle=False)
+        if not isinstance(stored, np.lib.npyio.NpzFile):
+            return stored
+        with stored:
+            return stored[_pick(list(stored.files), key, where)]
+    except DataFileError:
+        raise
+    except (ValueError, OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
+        if "allow_pickle" in str(error) or "Weights only load failed" in str(error):
+            raise DataFileError(
+                f"{where} holds Python objects, which only unpickling code would load; "
+                "save a numeric array"
+            ) from None
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise DataFileError(f"{where} is not a readable {suffix} file: {first_line}") from None
+
+
+def _read_csv(path: Path, where: str) -> np.ndarray:
+    """The numbers of a CSV file (N, D), skipping blank lines and a header row."""
+    rows: list[list[float]] = []
+    with path.open(newline="") as file:
+        reader = csv.reader(file)
+        for row in reader:
+            cells = [cell.strip() for cell in row]
+            if not any(cells):
+                continue
+            parsed = [_number(cell) for cell in cells]
+            if not rows and all(value is None for value in parsed):
+                continue  # the header: a first row without a single number
+            if None in parsed:
+                column = parsed.index(None)
+                raise DataFileError(
+                    f"{where}: row {reader.line_num}, column {column + 1}: "
+                    f"{cells[column]!r} is not a number"
+                )
+            if rows and len(parsed) != len(rows[0]):
+                raise DataFileError(
+                    f"{where}: row {reader.line_num} has {len(parsed)} columns; "
+                    f"the first row of numbers has {len(rows[0])}"
+                )
+            rows.append(parsed)
+    if not rows:
+        raise DataFileError(f"{where} holds no rows of numbers")
+    return np.array(rows, dtype=np.float64)
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _read_torch(path: Path, key: str | None, where: str) -> torch.Tensor:
+    """The tensor a ``torch.save`` file holds, or the one ``key`` names in a dict of them."""
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(stored, dict):
+        tensors = {str(name): value for name, value in stored.items()}
+        stored = tensors[_pick(list(tensors), key, where)]
+    elif key is not None:
+        raise DataFileError(f"{where} holds one {type(stored).__name__}, not a dict: drop key")
+    if not isinstance(stored, torch.Tensor):
+        raise DataFileError(f"{where} holds a {type(stored).__name__}, not a tensor")
+    return stored
+
+
+def _pick(names: list[str], key: str | None, where: str) -> str:
+    """The name of the array to read from a file of named arrays."""
+    if key is None and len(names) == 1:
+        return names[0]
+    if key is None:
+        raise DataFileError(
+            f"{where} holds {len(names)} arrays ({', '.join(names) or 'none'}); "
+            "name one with key= (--data-key)"
+        )
+    if key not in names:
+        raise DataFileError(f"{where} has no array {key!r}; it holds: {', '.join(names)}")
+    return key
+
+
+def _checked_values(values: np.ndarray | torch.Tensor, where: str) -> torch.Tensor:
+    """``values`` as a float32 tensor of the same shape (N, ...), once every check passed."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind not in "biuf":
+            raise DataFileError(
+                f"{where}: dtype {values.dtype} is not numeric (booleans, integers or floats)"
+            )
+        values = torch.from_numpy(values.astype(np.float64))
+    elif values.is_complex():
+        raise DataFileError(f"{where}: dtype {values.dtype} is not numeric (complex)")
+    if values.ndim < 2 or values.shape[0] < 2 or values[0].numel() == 0:
+        raise DataFileError(
+            f"{where}: the data must have shape (N, ...) with N >= 2 points of at least one "
+            f"dimension; got shape {tuple(values.shape)}"
+        )
+    values = values.detach().to(torch.float32)  # float64 beyond float32's range becomes inf
+    not_finite = ~torch.isfinite(values)
+    if not_finite.any():
+        raise DataFileError(
+            f"{where}: {int(not_finite.sum())} entries are NaN or infinite (in float32); "
+            f"the first at index {_first_index(not_finite)}"
+        )
+    return values
+
+
+def _first_index(mask: torch.Tensor) -> tuple[int, ...]:
+    """The index of the first True entry of ``mask``, in row-major order."""
+    return tuple(mask.nonzero()[0].tolist())

@@ -148,18 +148,18 @@ def test_a_run_interrupted_midway_resumes_from_the_command_line_to_the_same_resu
 
     interrupted_path = tmp_path / "interrupted.pt"
     interrupted = lvm_fit(*run, "--checkpoint", str(interrupted_path), "--checkpoint-every", "50")
-    deadline = time.monotonic() + 120
-    while not interrupted_path.exists() and time.monotonic() < deadline:
+    # No deadline: a slow machine only makes the first checkpoint come later.
+    while not interrupted_path.exists() and interrupted.poll() is None:
         time.sleep(0.05)
     interrupted.send_signal(signal.SIGINT)  # Ctrl-C
-    _, stderr = interrupted.communicate(timeout=120)
+    _, stderr = interrupted.communicate()
     assert interrupted.returncode == 130, stderr
     stopped_at = load_checkpoint(interrupted_path).step
     assert 0 < stopped_at < 800
 
     resumed = lvm_fit("--resume", str(interrupted_path))
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert reference.wait() == 0, reference.stderr.read()
     final, expected = load_checkpoint(interrupted_path), load_checkpoint(tmp_path / "reference.pt")
     assert final.step == expected.step == 800
     for key, value in expected.parameters.items():

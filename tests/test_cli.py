@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -178,3 +179,106 @@ def test_a_resumed_run_refuses_a_flag_that_differs_from_its_checkpoint(tmp_path,
     assert "--lr 0.5 differs from the checkpoint's 0.01" in capsys.readouterr().err
     # The same value, or no flag at all, resumes.
     assert main([*common, "--resume", str(run), "--steps", "20", "--lr", "0.01"]) == 0
+
+
+def test_help_and_version_load_no_numerical_library():
+    # The heavy libraries load inside the command that needs them, not for --help.
+    probe = (
+        "import sys\n"
+        "from inference.studies.cli import main\n"
+        "for argv in (['--help'], ['--version'], ['collapse', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted({'matplotlib', 'jax', 'numpyro', 'arviz', 'sklearn'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lvm {version('lvm-suite')}"
+
+
+def _threads_during_the_command(monkeypatch, argv):
+    """torch's thread count while `lvm list` runs, and after main returns."""
+    import torch
+
+    from inference.studies import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_list", lambda args: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    assert main(argv) == 0
+    assert torch.get_num_threads() == before  # main leaves the caller's setting as it was
+    return seen[0]
+
+
+def test_threads_default_to_one_and_follow_the_option_or_the_environment(monkeypatch):
+    monkeypatch.delenv("LVM_NUM_THREADS", raising=False)
+    assert _threads_during_the_command(monkeypatch, ["list"]) == 1
+    assert _threads_during_the_command(monkeypatch, ["--threads", "2", "list"]) == 2
+    assert _threads_during_the_command(monkeypatch, ["list", "--threads", "2"]) == 2
+    monkeypatch.setenv("LVM_NUM_THREADS", "2")
+    assert _threads_during_the_command(monkeypatch, ["list"]) == 2
+    assert _threads_during_the_command(monkeypatch, ["--threads", "1", "list"]) == 1
+
+
+def test_every_option_states_its_default_in_its_help():
+    from inference.studies.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, command in [("lvm", parser), *commands.choices.items()]:
+        formatter = command._get_formatter()
+        for action in command._actions:
+            says_nothing = action.default is None or action.default is False
+            if not action.option_strings or says_nothing or action.default == argparse.SUPPRESS:
+                continue
+            if action.dest in ("help", "version"):
+                continue
+            text = formatter._get_help_string(action) if action.help else ""
+            if "default" not in text:
+                missing.append(f"{name} {action.option_strings[0]}")
+    assert missing == []
+
+
+@pytest.mark.parametrize(("quick", "folder"), [(["--quick"], "results/quick"), ([], "results")])
+@pytest.mark.parametrize("command", ["collapse", "frontier"])
+def test_quick_runs_write_to_their_own_folder_by_default(
+    command, quick, folder, tmp_path, monkeypatch, capsys
+):
+    # The default folder is refused before any work when a file stands in its place.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / folder).parent.mkdir(exist_ok=True)
+    (tmp_path / folder).write_text("")
+    assert main([command, *quick]) == 2
+    assert f"--out {folder!r} is a file" in capsys.readouterr().err
+
+
+def test_a_resumed_runs_bar_starts_at_its_checkpoints_step(tmp_path, capsys):
+    run = tmp_path / "run.pt"
+    common = ["fit", "--eval-points", "10", "--num-samples", "1"]
+    assert main([*common, "--steps", "10", "--quiet", "--checkpoint", str(run)]) == 0
+    capsys.readouterr()
+    assert main([*common, "--steps", "20", "--resume", str(run)]) == 0
+    bar = capsys.readouterr().err
+    assert "resumed from step 10" in bar and "20/20" in bar and " 0/10" not in bar
+
+
+def test_diagnosis_pairs_carry_units_and_say_what_the_gap_is(capsys):
+    from inference.studies.cli import _print_pairs
+
+    _print_pairs({"rate": 1.5, "active_units": 2, "gap": 0.25, "ppca_exact_log_px": -3.0})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rate", "1.5000", "nats", "per", "data", "point"]
+    assert "dimensions" in lines[1] and lines[3].endswith("nats per data point")
+    assert lines[-1].startswith("gap: the reference log p(x) minus the ELBO")

@@ -66,3 +66,39 @@ def test_same_seed_gives_the_same_table(linear):
     first = compare(model, PriorGuide(model), x, num_samples=(1, 10), seed=3)
     second = compare(model, PriorGuide(model), x, num_samples=(1, 10), seed=3)
     assert first.to_dict() == second.to_dict()
+
+
+def test_rows_say_what_k_and_the_draws_are(linear):
+    model, x = linear
+    table = compare(model, PriorGuide(model), x, num_samples=(1, 10), particles_per_row=100)
+    rows = table.to_dict()["rows"]
+    assert [(row["num_samples"], row["draws"]) for row in rows[:3]] == [
+        (100, 100),
+        (1, 100),
+        (10, 100),
+    ]
+    assert rows[-1]["draws"] is None  # the exact row draws nothing
+    elbo_line = str(table).splitlines()[1]
+    assert elbo_line.split()[:3] == ["elbo", "-", "100"]  # the ELBO has draws, not a K
+    assert "K: weights averaged inside the log" in str(table) and "ESS: " in str(table)
+
+
+def test_rows_whose_khat_exceeds_the_psis_threshold_are_flagged():
+    # A prior proposal for a sharp posterior: heavy-tailed weights, k-hat well above 0.7.
+    model = linear_gaussian(data_dim=8, latent_dim=2, noise=0.1)
+    x = model.sample(10)
+    table = compare(model, PriorGuide(model), x, num_samples=(100,), seed=0)
+    flagged = table.row("iw", 100)
+    assert flagged.max_khat > 0.7 and flagged.khat_unreliable
+    assert table.to_dict()["rows"][1]["khat_unreliable"] is True
+    assert table.to_dict()["khat_threshold"] == 0.7
+    text = str(table)
+    assert f"{flagged.max_khat:.2f} !" in text
+    assert "k-hat > 0.7 (PSIS's threshold)" in text and "cannot be trusted" in text
+
+
+def test_a_trustworthy_table_has_no_khat_flag(linear):
+    model, x = linear
+    table = compare(model, ExactPosterior(model), x, num_samples=(1, 10), seed=0)
+    assert not any(row.khat_unreliable for row in table.rows)
+    assert "cannot be trusted" not in str(table)

@@ -12,7 +12,13 @@ import torch
 from inference._programs import checked_inputs
 from inference._validate import check_per_point, check_positive_int, check_sample_sizes
 from inference.estimators.ais import AIS_CHAINS, AIS_STEPS, ais_log_marginal
-from inference.estimators.bounds import ImportanceEstimate, elbo, iw_log_marginal
+from inference.estimators.bounds import (
+    KHAT_THRESHOLD,
+    Estimate,
+    ImportanceEstimate,
+    elbo,
+    iw_log_marginal,
+)
 from inference.estimators.exact import NoExactValueError, exact_log_marginal
 
 REFERENCES = (None, "nuts", "ais")
@@ -20,7 +26,20 @@ REFERENCES = (None, "nuts", "ais")
 
 @dataclass(frozen=True)
 class ComparisonRow:
-    """One estimator: its average over points (nats) and the Monte-Carlo standard error."""
+    """One estimator: its average over points (nats) and the Monte-Carlo standard error.
+
+    :ivar num_samples: K, the weights averaged inside the log of one estimate (IW_K:
+        log (1/K) sum_k w_k; AIS: its chains); for the ELBO, which averages log w outside
+        the log, the draws per point; None for the exact row.
+    :ivar draws: weights drawn per point in all: R x K for R replicates of IW_K, the ELBO's
+        draws; None for the exact row.
+    :ivar mean_ess: (sum w)^2 / sum w^2 over a point's draws, averaged over points (at most
+        ``draws``); None where there are no importance weights.
+    :ivar max_khat: the largest Pareto k-hat (PSIS) of a point's draws over points.
+    :ivar unreliable_points: points whose k-hat exceeds ``KHAT_THRESHOLD`` (0.7).
+    :ivar khat_unreliable: ``max_khat`` exceeds 0.7, PSIS's threshold: on those points
+        neither the estimate nor its standard error can be trusted.
+    """
 
     estimator: str
     num_samples: int | None
@@ -29,6 +48,8 @@ class ComparisonRow:
     mean_ess: float | None = None
     max_khat: float | None = None
     unreliable_points: int | None = None
+    draws: int | None = None
+    khat_unreliable: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,7 @@ class Comparison:
         return {
             "num_data": self.num_data,
             "exact_note": self.exact_note,
+            "khat_threshold": KHAT_THRESHOLD,
             "rows": [asdict(row) for row in self.rows],
         }
 
@@ -60,16 +82,33 @@ class Comparison:
         return json.dumps(self.to_dict(), indent=2, allow_nan=True)
 
     def __str__(self) -> str:
-        header = ("estimator", "K", "mean log p(x)", "stderr", "ESS", "max k-hat")
-        lines = ["{:<10}{:>8}{:>16}{:>10}{:>10}{:>11}".format(*header)]
+        header = ("estimator", "K", "draws", "mean log p(x)", "stderr", "ESS", "max k-hat")
+        lines = ["{:<10}{:>6}{:>8}{:>16}{:>10}{:>10}{:>11}".format(*header)]
         for row in self.rows:
+            k = None if row.estimator in ("elbo", "exact") else row.num_samples
+            flag = " !" if row.khat_unreliable else "  "
             lines.append(
-                f"{row.estimator:<10}{_text(row.num_samples, 'd'):>8}{row.mean:>16.4f}"
-                f"{_text(row.stderr, '.4f'):>10}{_text(row.mean_ess, '.1f'):>10}"
-                f"{_text(row.max_khat, '.2f'):>11}"
+                f"{row.estimator:<10}{_text(k, 'd'):>6}{_text(row.draws, 'd'):>8}"
+                f"{row.mean:>16.4f}{_text(row.stderr, '.4f'):>10}"
+                f"{_text(row.mean_ess, '.1f'):>10}{_text(row.max_khat, '.2f'):>9}{flag}".rstrip()
             )
         note = f"; {self.exact_note}" if self.exact_note else ""
         lines.append(f"(nats per data point, N={self.num_data}){note}")
+        lines.append(
+            "K: weights averaged inside the log, log (1/K) sum_k w_k (the ELBO averages log w); "
+            "draws: weights per point, K x the replicates averaged"
+        )
+        lines.append(
+            "ESS: (sum w)^2 / sum w^2 of a point's draws, mean over points; "
+            "max k-hat: their PSIS Pareto shape, the largest over points"
+        )
+        flagged = [row for row in self.rows if row.khat_unreliable]
+        if flagged:
+            points = max(row.unreliable_points or 0 for row in flagged)
+            lines.append(
+                f"! k-hat > {KHAT_THRESHOLD} (PSIS's threshold) on up to {points} of "
+                f"{self.num_data} points: that row's estimate and its stderr cannot be trusted"
+            )
         return "\n".join(lines)
 
 
@@ -170,19 +209,24 @@ def compare(
     return Comparison(tuple(rows), x.shape[0], note)
 
 
-def _elbo_row(estimate) -> ComparisonRow:
-    return ComparisonRow("elbo", estimate.num_samples, estimate.mean, estimate.stderr)
+def _elbo_row(estimate: Estimate) -> ComparisonRow:
+    return ComparisonRow(
+        "elbo", estimate.num_samples, estimate.mean, estimate.stderr, draws=estimate.num_samples
+    )
 
 
 def _importance_row(estimator: str, estimate: ImportanceEstimate) -> ComparisonRow:
+    max_khat = _nan_max(estimate.khat)
     return ComparisonRow(
         estimator,
         estimate.num_samples,
         estimate.mean,
         estimate.stderr,
         estimate.ess.mean().item(),
-        _nan_max(estimate.khat),
+        max_khat,
         int(estimate.unreliable.sum()),
+        draws=estimate.num_samples * estimate.num_replicates,
+        khat_unreliable=max_khat is not None and max_khat > KHAT_THRESHOLD,
     )
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
+from pyro.poutine.trace_struct import Trace
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from inference._programs import (
@@ -406,7 +407,7 @@ def rate_and_distortion_of(
     return rates.mean().item(), -log_likelihood.mean().item()
 
 
-def _rate(model_trace, guide_trace, info: ProgramInfo) -> tuple[torch.Tensor, bool]:
+def _rate(model_trace: Trace, guide_trace: Trace, info: ProgramInfo) -> tuple[torch.Tensor, bool]:
     """KL(q || p) per point (N,), summed over latent sites and averaged over the traces'
     particles; and whether every site's KL was analytic."""
     total = torch.zeros(info.num_data, dtype=torch.float64, device=info.device)
@@ -448,7 +449,7 @@ def as_multivariate_normal(fn: Distribution) -> MultivariateNormal | None:
     return None
 
 
-def _posterior_means(guide_trace, info: ProgramInfo) -> torch.Tensor:
+def _posterior_means(guide_trace: Trace, info: ProgramInfo) -> torch.Tensor:
     """E_q[z] per data point for the continuous latent sites, concatenated: (N, d)."""
     columns = []
     for name in info.latent_sites:
@@ -507,11 +508,11 @@ def _mutual_information(
     return _MutualInformation(estimate, stderr, "knn", lower, upper)
 
 
-def _event_dims(trace, name: str) -> int:
+def _event_dims(trace: Trace, name: str) -> int:
     return len(trace.nodes[name]["fn"].event_shape)
 
 
-def _knn_applies(method: str, trace, names: list[str], info: ProgramInfo) -> bool:
+def _knn_applies(method: str, trace: Trace, names: list[str], info: ProgramInfo) -> bool:
     """Whether ``method`` (``"auto"`` or ``"knn"``) asks for the k-NN estimate and it can run."""
     if method == "aggregate":
         return False
@@ -592,7 +593,7 @@ def _knn_neg_log_density(points: torch.Tensor) -> torch.Tensor:
 
 
 def _cross_log_q(
-    guide: Callable, inputs: Inputs, info: ProgramInfo, trace, names: list[str]
+    guide: Callable, inputs: Inputs, info: ProgramInfo, trace: Trace, names: list[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log sum_m q(z_n | x_m) over all m, and over m != n, each (N,). Draw n goes to the
     particle dim, so each particle n is evaluated at every point m."""
@@ -616,7 +617,7 @@ def _cross_log_q(
 
 
 def _cross_log_q_one_by_one(
-    guide: Callable, inputs: Inputs, info: ProgramInfo, trace, names: list[str]
+    guide: Callable, inputs: Inputs, info: ProgramInfo, trace: Trace, names: list[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """As :func:`_cross_log_q` for a guide that cannot take a particle dim: one run per
     draw n, its value given to every data point m."""

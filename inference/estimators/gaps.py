@@ -24,9 +24,17 @@ from dataclasses import dataclass
 
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.trace_struct import Trace
 
 from guides import MeanField
-from inference._programs import Inputs, evaluation_mode, prepare_pair, seeded, trace_program
+from inference._programs import (
+    Inputs,
+    ProgramInfo,
+    evaluation_mode,
+    prepare_pair,
+    seeded,
+    trace_program,
+)
 from inference._sites import modules_of
 from inference._validate import check_per_point, check_positive_int, check_seed
 from inference.estimators.bounds import Estimate, elbo, iw_log_marginal
@@ -206,7 +214,7 @@ def _seeds(seed: int | None) -> list[int | None]:
     return torch.randint(2**62, (5,), generator=generator).tolist()
 
 
-def _single_vector_site(info, guide_trace, num_data: int) -> str:
+def _single_vector_site(info: ProgramInfo, guide_trace: Trace, num_data: int) -> str:
     """The model's one latent site, checked to be a continuous (N, k) draw in plate "data"."""
     if len(info.latent_sites) != 1:
         raise ValueError(

@@ -4,7 +4,8 @@ ignore the latent exactly when the decoder is powerful enough to model the data 
 Each experiment trains one model/guide pair with SVI (``Trace_ELBO``, an ``AmortizedGaussian``
 encoder), records the ELBO, the rate and an IW estimate during training, and ends with
 :func:`~inference.diagnose` and :func:`~inference.estimators.compare` on held-in points. The four
-experiment functions return :class:`ExperimentResult` rows; :func:`run_collapse` runs them all.
+experiment functions return :class:`ExperimentResult` rows; :func:`run_collapse` runs them all,
+announcing each section and row ("row 3 of 9: 1c, correlated Gaussian, diagonal decoder").
 """
 
 from __future__ import annotations
@@ -64,14 +65,17 @@ class Budget:
 
 
 DEFAULT_BUDGET = Budget()
+# `lvm collapse --quick`: a smoke test, under a minute on 2 cores, that runs every stage on a
+# budget too small to show every conclusion of the full run.
 QUICK_BUDGET = Budget(
-    steps=600,
-    record_every=60,
-    eval_points=64,
-    record_iw_samples=20,
+    num_data=1000,
+    steps=250,
+    record_every=50,
+    eval_points=32,
+    record_iw_samples=10,
     num_samples=(1, 10, 100),
-    particles_per_row=1000,
-    gap_steps=150,
+    particles_per_row=500,
+    gap_steps=100,
 )
 
 
@@ -168,119 +172,81 @@ class _Setup:
     references: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] = lambda x, e: {}
     encoder_hidden: tuple[int, ...] = (64,)
 
+    @property
+    def label(self) -> str:
+        """What the row trains, for progress lines and bars: ``"1c, correlated Gaussian,
+        diagonal decoder"``."""
+        return f"{self.key}, {self.title}"
+
 
 def powerful_gaussian_decoders(
     budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True
-):
+) -> list[ExperimentResult]:
     """1. Gaussian data: (a) independent coordinates with a diagonal decoder and (b) correlated
     coordinates with a full-covariance decoder are powerful, and the latent is ignored; (c) the
     correlated data with the diagonal decoder is not, and the latent carries the correlations."""
-    setups = [
-        _Setup(
-            "1a",
-            "independent Gaussian, diagonal decoder",
-            "independent-gaussian",
-            "Gaussian MLP, diagonal",
-            True,
-            lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,)),
-            _ml_gaussians("diagonal", "full"),
-        ),
-        CORRELATED_FULL_COVARIANCE,
-        _Setup(
-            "1c",
-            "correlated Gaussian, diagonal decoder",
-            "correlated-gaussian",
-            "Gaussian MLP, diagonal",
-            False,
-            lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,)),
-            _ml_gaussians("diagonal", "full"),
-        ),
-    ]
-    return [_run(setup, budget, seed, progress) for setup in setups]
+    return [_run(setup, budget, seed, progress) for setup in GAUSSIAN_DECODER_ROWS]
 
 
-def linear_decoder(budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True):
+def linear_decoder(
+    budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True
+) -> list[ExperimentResult]:
     """2. The correlated data with a linear decoder (probabilistic PCA): a solution that uses z
     is exactly as good, because the exact posterior is Gaussian and the encoder contains it."""
-    setup = _Setup(
-        "2",
-        "correlated Gaussian, linear decoder (pPCA)",
-        "correlated-gaussian",
-        "linear-Gaussian (pPCA)",
-        True,
-        lambda d: LinearGaussian(d, LATENT_DIM, noise="isotropic"),
-        _ml_ppca,
-        encoder_hidden=(),  # a linear encoder: the exact posterior mean is linear in x
-    )
-    return [_run(setup, budget, seed, progress)]
+    return [_run(setup, budget, seed, progress) for setup in LINEAR_DECODER_ROWS]
 
 
-def non_gaussian_data(budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True):
+def non_gaussian_data(
+    budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True
+) -> list[ExperimentResult]:
     """3. Non-Gaussian data with the same diagonal Gaussian decoder: not powerful, so the
     latent is used, and ELBO < IW_K <= log p(x)."""
-    gaussian_decoder = lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,))  # noqa: E731
-    setups = [
-        _Setup(
-            "3a",
-            "two moons, Gaussian decoder",
-            "two-moons",
-            "Gaussian MLP, diagonal",
-            False,
-            gaussian_decoder,
-            _ml_gaussians("full", "diagonal"),
-        ),
-        _Setup(
-            "3b",
-            "Gaussian mixture, Gaussian decoder",
-            "gaussian-mixture",
-            "Gaussian MLP, diagonal",
-            False,
-            gaussian_decoder,
-            _ml_gaussians("full", "diagonal"),
-        ),
-        _Setup(
-            "3c",
-            "dequantised digits, Gaussian decoder",
-            "dequantized-digits",
-            "Gaussian MLP, diagonal",
-            False,
-            gaussian_decoder,
-            _ml_gaussians("diagonal"),
-        ),
-    ]
-    return [_run(setup, budget, seed, progress) for setup in setups]
+    return [_run(setup, budget, seed, progress) for setup in NON_GAUSSIAN_ROWS]
 
 
-def binary_data(budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True):
+def binary_data(
+    budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True
+) -> list[ExperimentResult]:
     """4. Binarised digits: a factorised Bernoulli decoder uses its latent; an autoregressive
     decoder is powerful, ignores z, and reaches at least the same log-likelihood."""
-    setups = [
-        _Setup(
-            "4a",
-            "binarised digits, factorised Bernoulli decoder",
-            "binarized-digits",
-            "Bernoulli MLP, factorised",
-            False,
-            lambda d: BernoulliVAE(d, LATENT_DIM, hidden=(128,)),
-        ),
-        DIGITS_AUTOREGRESSIVE,
-    ]
-    return [_run(setup, budget, seed, progress) for setup in setups]
+    return [_run(setup, budget, seed, progress) for setup in BINARY_ROWS]
 
 
 EXPERIMENTS = (powerful_gaussian_decoders, linear_decoder, non_gaussian_data, binary_data)
 
 
-def run_collapse(budget: Budget = DEFAULT_BUDGET, seed: int = 0, progress: bool = True):
-    """Every experiment, in order: a list of :class:`ExperimentResult`."""
-    return [result for experiment in EXPERIMENTS for result in experiment(budget, seed, progress)]
+def run_collapse(
+    budget: Budget = DEFAULT_BUDGET,
+    seed: int = 0,
+    progress: bool = True,
+    announce: Callable[[str], object] | None = None,
+) -> list[ExperimentResult]:
+    """Every experiment, in order: a list of :class:`ExperimentResult`.
+
+    :param progress: a progress bar per row, labelled with what it trains.
+    :param announce: called with a line before each experiment (its title, ``"1. Gaussian
+        data"``) and before each row (``"row 3 of 9: 1c, correlated Gaussian, diagonal
+        decoder"``), e.g. ``print``; None: silent.
+    """
+    sections = [(experiment, _ROWS_OF[experiment]) for experiment in EXPERIMENTS]
+    total = sum(len(rows) for _, rows in sections)
+    results = []
+    for experiment, rows in sections:
+        if announce is not None:
+            announce(experiment.__doc__.split(":")[0].strip())
+        for setup in rows:
+            if announce is not None:
+                announce(f"row {len(results) + 1} of {total}: {setup.label}")
+            results.append(_run(setup, budget, seed, progress))
+    return results
 
 
 def _run(setup: _Setup, budget: Budget, seed: int, progress: bool) -> ExperimentResult:
     start = time.perf_counter()
     x, x_eval = experiment_data(setup, budget, seed)
     recorder = _Recorder(x_eval, budget.record_iw_samples, seed)
-    model, guide = train_pair(setup, x, budget, seed, progress, callback=recorder)
+    label = setup.label if progress else False
+    model, guide = train_pair(setup, x, budget, seed, label, callback=recorder)
     exact, _ = exact_or_reason(model, x_eval)
     diagnosis = diagnose(model, guide, x_eval, exact=exact, seed=seed)
     comparison = compare(
@@ -322,13 +288,14 @@ def train_pair(
     x: torch.Tensor,
     budget: Budget,
     seed: int,
-    progress: bool,
+    progress: bool | str,
     callback: Callable | None = None,
     **objective: float,
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """A fresh model and encoder of ``setup`` trained on x; ``objective`` holds the remedies
     (``beta``, ``kl_warmup_steps``, ``free_bits``), none by default. Each step runs compiled
-    (fit's default): the same steps, with Pyro's tracing done once."""
+    (fit's default): the same steps, with Pyro's tracing done once. ``progress``: as
+    :func:`~inference.fit`'s (a string labels the bar)."""
     with seeded(seed):
         model = setup.make_model(x.shape[1])
         guide = AmortizedGaussian(x.shape[1], LATENT_DIM, hidden=setup.encoder_hidden)
@@ -438,3 +405,86 @@ DIGITS_AUTOREGRESSIVE = _Setup(
     True,
     lambda d: AutoregressiveVAE(d, LATENT_DIM, hidden=(256,)),
 )
+
+
+# The rows of each experiment, in the order they run and print.
+GAUSSIAN_DECODER_ROWS = (
+    _Setup(
+        "1a",
+        "independent Gaussian, diagonal decoder",
+        "independent-gaussian",
+        "Gaussian MLP, diagonal",
+        True,
+        lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,)),
+        _ml_gaussians("diagonal", "full"),
+    ),
+    CORRELATED_FULL_COVARIANCE,
+    _Setup(
+        "1c",
+        "correlated Gaussian, diagonal decoder",
+        "correlated-gaussian",
+        "Gaussian MLP, diagonal",
+        False,
+        lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,)),
+        _ml_gaussians("diagonal", "full"),
+    ),
+)
+LINEAR_DECODER_ROWS = (
+    _Setup(
+        "2",
+        "correlated Gaussian, linear decoder (pPCA)",
+        "correlated-gaussian",
+        "linear-Gaussian (pPCA)",
+        True,
+        lambda d: LinearGaussian(d, LATENT_DIM, noise="isotropic"),
+        _ml_ppca,
+        encoder_hidden=(),  # a linear encoder: the exact posterior mean is linear in x
+    ),
+)
+_GAUSSIAN_DECODER = lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,))  # noqa: E731
+NON_GAUSSIAN_ROWS = (
+    _Setup(
+        "3a",
+        "two moons, Gaussian decoder",
+        "two-moons",
+        "Gaussian MLP, diagonal",
+        False,
+        _GAUSSIAN_DECODER,
+        _ml_gaussians("full", "diagonal"),
+    ),
+    _Setup(
+        "3b",
+        "Gaussian mixture, Gaussian decoder",
+        "gaussian-mixture",
+        "Gaussian MLP, diagonal",
+        False,
+        _GAUSSIAN_DECODER,
+        _ml_gaussians("full", "diagonal"),
+    ),
+    _Setup(
+        "3c",
+        "dequantised digits, Gaussian decoder",
+        "dequantized-digits",
+        "Gaussian MLP, diagonal",
+        False,
+        _GAUSSIAN_DECODER,
+        _ml_gaussians("diagonal"),
+    ),
+)
+BINARY_ROWS = (
+    _Setup(
+        "4a",
+        "binarised digits, factorised Bernoulli decoder",
+        "binarized-digits",
+        "Bernoulli MLP, factorised",
+        False,
+        lambda d: BernoulliVAE(d, LATENT_DIM, hidden=(128,)),
+    ),
+    DIGITS_AUTOREGRESSIVE,
+)
+_ROWS_OF = {
+    powerful_gaussian_decoders: GAUSSIAN_DECODER_ROWS,
+    linear_decoder: LINEAR_DECODER_ROWS,
+    non_gaussian_data: NON_GAUSSIAN_ROWS,
+    binary_data: BINARY_ROWS,
+}

@@ -88,7 +88,8 @@ def rate_distortion(
     num_samples: int = 1000,
     seed: int | None = None,
     eval_points: int | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
+    announce: Callable[[str], object] | None = None,
     **fit_options: object,
 ) -> RateDistortion:
     """Train a fresh model/guide pair per beta and place each on the rate-distortion plane.
@@ -110,6 +111,10 @@ def rate_distortion(
     :param betas: the KL weights, each finite and > 0 (``fit`` accepts 0, but the point is a
         sweep).
     :param eval_points: how many rows of ``data`` to evaluate on, in [1, N]; None: all N.
+    :param progress: a progress bar per beta, labelled with it (a string: that label first,
+        ``"pPCA, beta 0.25"``).
+    :param announce: called with a line before each beta is trained (``"beta 0.25 (1 of 3)"``),
+        e.g. ``print``; None: silent.
     :returns: a :class:`RateDistortion`, one row per beta in the order given.
     """
     _check_factory("make_model", make_model, "a fresh model, e.g. lambda: GaussianVAE(2, 2)")
@@ -137,9 +142,12 @@ def rate_distortion(
     x_eval = data[: num_data if eval_points is None else int(eval_points)]
     rows = []
     for beta in betas:
+        if announce is not None:
+            announce(f"beta {beta:g} ({len(rows) + 1} of {len(betas)})")
         with seeded(0 if seed is None else seed):
             model = make_model()
             guide = make_guide(model)
+        label = f"{progress}, beta {beta:g}" if isinstance(progress, str) else f"beta {beta:g}"
         fit(
             model,
             guide,
@@ -147,7 +155,7 @@ def rate_distortion(
             steps=steps,
             beta=beta,
             seed=seed,
-            progress=progress,
+            progress=label if progress else False,
             **fit_options,
         )
         rows.append(_frontier_row(beta, model, guide, x_eval, num_samples, seed))
@@ -179,7 +187,14 @@ def _is_positive_finite(value: object) -> bool:
     return real and 0 < value < math.inf
 
 
-def _frontier_row(beta, model, guide, x, num_samples, seed) -> FrontierRow:
+def _frontier_row(
+    beta: float,
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int,
+    seed: int | None,
+) -> FrontierRow:
     diagnosis = diagnose(model, guide, x, seed=seed)
     iw = iw_log_marginal(model, guide, x, num_samples=num_samples, seed=seed)
     return FrontierRow(
@@ -251,7 +266,10 @@ def linear_beta_optimum(
 
 
 def built_in_sweeps(
-    quick: bool = False, seed: int = 0, progress: bool = True
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    announce: Callable[[str], object] | None = None,
 ) -> dict[str, RateDistortion]:
     """The sweeps of ``lvm frontier``, on correlated Gaussian data (D = 8):
 
@@ -259,6 +277,11 @@ def built_in_sweeps(
       :func:`linear_beta_optimum` gives in closed form (full-batch training);
     - the full-covariance Gaussian VAE, powerful for these data: the ELBO's optimum ignores
       z, and beta < 1 forces it into use.
+
+    ``quick``: a smoke test (three betas, short training) that checks the pipeline runs; its
+    figures need not show the full sweep's conclusions. ``announce`` is called with each
+    sweep's header (``"sweep 1 of 2: pPCA, noise fixed (linear oracle)"``) and each beta's
+    line (see :func:`rate_distortion`).
     """
     from guides import AmortizedGaussian
     from lvm_models import GaussianVAE, LinearGaussian, datasets
@@ -266,14 +289,23 @@ def built_in_sweeps(
     x = datasets.correlated_gaussian(num_data=1000 if quick else 2000, seed=seed).x
     data_dim = x.shape[1]
     betas = (0.25, 1.0, 4.0) if quick else (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-    common = {"betas": betas, "seed": seed, "progress": progress, "eval_points": 256}
+    common = {"betas": betas, "seed": seed, "eval_points": 256, "announce": announce}
     common["num_samples"] = 100 if quick else 1000
+    names = ("pPCA, noise fixed (linear oracle)", "full-covariance Gaussian VAE")
+
+    def section(index: int) -> str | bool:
+        """Announce sweep ``index``; its bars' label."""
+        if announce is not None:
+            announce(f"sweep {index + 1} of {len(names)}: {names[index]}")
+        return names[index].split(",")[0] if progress else False
+
     linear = rate_distortion(
         lambda: LinearGaussian(data_dim, 4, noise="isotropic", fixed_noise=LINEAR_NOISE_SCALE),
         lambda model: AmortizedGaussian(data_dim, 4, hidden=()),
         x,
         steps=1000 if quick else 4000,
         lr=3e-3,
+        progress=section(0),
         **common,
     )
     vae = rate_distortion(
@@ -282,6 +314,7 @@ def built_in_sweeps(
         x,
         steps=800 if quick else 3000,
         batch_size=64,
+        progress=section(1),
         **common,
     )
-    return {"pPCA, noise fixed (linear oracle)": linear, "full-covariance Gaussian VAE": vae}
+    return dict(zip(names, (linear, vae)))

@@ -29,6 +29,7 @@ from inference.studies.experiments import (
     DIGITS_AUTOREGRESSIVE,
     Budget,
     ExperimentResult,
+    _Setup,
     exact_or_reason,
     experiment_data,
     train_pair,
@@ -36,6 +37,7 @@ from inference.studies.experiments import (
 
 FREE_BITS = 1.0  # nats per latent dimension
 SMALL_BETA = 0.2
+REMEDY_CASES = (CORRELATED_FULL_COVARIANCE, DIGITS_AUTOREGRESSIVE)  # the powerful cases
 
 
 @dataclass(frozen=True)
@@ -175,26 +177,50 @@ def remedy_options(budget: Budget) -> dict[str, dict[str, float]]:
 
 
 def price_remedies(
-    plain: list[ExperimentResult], budget: Budget, seed: int = 0, progress: bool = True
+    plain: list[ExperimentResult],
+    budget: Budget,
+    seed: int = 0,
+    progress: bool = True,
+    announce: Callable[[str], object] | None = None,
 ) -> list[RemedyResult]:
     """Every remedy on every powerful case, priced against its row in ``plain`` (which must
-    hold its trained pair, as :func:`~inference.studies.experiments.run_collapse` leaves it)."""
-    cases = (CORRELATED_FULL_COVARIANCE, DIGITS_AUTOREGRESSIVE)
+    hold its trained pair, as :func:`~inference.studies.experiments.run_collapse` leaves it).
+
+    :param progress: a progress bar per remedy, labelled with the case and the remedy.
+    :param announce: called with a line before each remedy is trained (``"remedy 2 of 6: 1b,
+        KL warm-up"``), e.g. ``print``; None: silent.
+    """
     by_key = {result.key: result for result in plain}
-    for setup in cases:
+    for setup in REMEDY_CASES:
         if setup.key not in by_key or by_key[setup.key].model is None:
             raise ValueError(
                 f"plain must hold case {setup.key}'s trained pair (as run_collapse returns it); "
                 f"got cases {sorted(key for key, row in by_key.items() if row.model is not None)}"
             )
-    return [
-        _price(setup, name, options, by_key[setup.key], budget, seed, progress)
-        for setup in cases
+    runs = [
+        (setup, name, options)
+        for setup in REMEDY_CASES
         for name, options in remedy_options(budget).items()
     ]
+    results = []
+    for setup, name, options in runs:
+        label = f"{setup.key}, {name}"
+        if announce is not None:
+            announce(f"remedy {len(results) + 1} of {len(runs)}: {label}")
+        bar = label if progress else False
+        results.append(_price(setup, name, options, by_key[setup.key], budget, seed, bar))
+    return results
 
 
-def _price(setup, name, options, plain, budget, seed, progress) -> RemedyResult:
+def _price(
+    setup: _Setup,
+    name: str,
+    options: dict[str, float],
+    plain: ExperimentResult,
+    budget: Budget,
+    seed: int,
+    progress: bool | str,
+) -> RemedyResult:
     start = time.perf_counter()
     x, x_eval = experiment_data(setup, budget, seed)
     model, guide = train_pair(setup, x, budget, seed, progress, **options)

@@ -29,7 +29,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pyro.ops.jit
 import torch
@@ -300,7 +300,7 @@ class ELBO(_Compilable):
             ignore_jit_warnings=True,
         )
 
-        def loss(model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+        def loss(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
             value, surrogate = elbo.loss_and_surrogate_loss(model, guide, *args, **kwargs)
             # Not JitTrace_ELBO.differentiable_loss: its value + (surrogate - detached
             # surrogate) differentiates the value too, which doubles a pathwise gradient.
@@ -335,7 +335,9 @@ class IWAE(Objective):
         """-sum_n [logsumexp_k log w_kn - log K], log w = log p(x, z) - log q(z given x)."""
         num_particles = self.num_particles
 
-        def loss(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwargs):
+        def loss(
+            model: Callable, guide: Callable, x: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> torch.Tensor:
             inputs, parts = Inputs(x, args, kwargs), []
             for model_trace, guide_trace, count in particle_traces(
                 model, guide, inputs, num_particles, replace(info, num_data=x.shape[0])
@@ -383,7 +385,9 @@ class FreeBits(_Compilable):
         """-sum_n E_q log p(x_n given z) + B sum_j max(floor, KL_j)."""
         floor, num_particles = self.floor, self.num_particles
 
-        def loss(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwargs):
+        def loss(
+            model: Callable, guide: Callable, x: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> torch.Tensor:
             log_likelihood, kl_per_unit, scales = torch.zeros(()), {}, {}
             batch_info = replace(info, num_data=x.shape[0])
             for model_trace, guide_trace, count in particle_traces(
@@ -410,7 +414,9 @@ class FreeBits(_Compilable):
     def _compiled_loss(self, model: Callable, guide: Callable, info: ProgramInfo) -> Loss:
         floored = self.loss(info)
 
-        def weighted_loss(kl_weight: torch.Tensor, x: torch.Tensor, *args, **kwargs):
+        def weighted_loss(
+            kl_weight: torch.Tensor, x: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> torch.Tensor:
             programs = (functools.partial(p, kl_weight) for p in (model, guide))
             return floored(*programs, x, *args, **kwargs)
 
@@ -442,7 +448,7 @@ def _with_kl_weight(program: Callable) -> Callable:
     """``program`` called as ``(kl_weight, x, *args, **kwargs)``, its latent sites' log-densities
     multiplied by ``kl_weight``: a tensor argument, which a trace takes as an input."""
 
-    def weighted(kl_weight: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> object:
+    def weighted(kl_weight: torch.Tensor, x: torch.Tensor, *args: Any, **kwargs: Any) -> object:
         with _ScaleLatent(kl_weight):
             return program(x, *args, **kwargs)
 
@@ -501,7 +507,9 @@ def _first_difference(
 def _scaled(loss: Loss, data_scale: float) -> Loss:
     """``loss`` times ``data_scale``: N / B makes a minibatch's loss estimate the full one."""
 
-    def scaled_loss(model: Callable, guide: Callable, batch: torch.Tensor, *args, **kwargs):
+    def scaled_loss(
+        model: Callable, guide: Callable, batch: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         return loss(model, guide, batch, *args, **kwargs) * data_scale
 
     return scaled_loss

@@ -10,6 +10,7 @@ update every parameter at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pyro
 import torch
@@ -40,7 +41,7 @@ class MultiTensorAdam(PyroOptim):
         self._optimizer: torch.optim.Adam | None = None
         self._known: set[torch.Tensor] = set()
 
-    def __call__(self, params: Iterable[torch.Tensor], *args, **kwargs) -> None:
+    def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
         params = list(params)
         self._register([p for p in params if p not in self._known])
         if self._optimizer is None:

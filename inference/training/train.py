@@ -121,7 +121,7 @@ def fit(
     lr: float = 1e-2,
     num_particles: int = 1,
     seed: int | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     beta: float = 1.0,
     kl_warmup_steps: int = 0,
     free_bits: float = 0.0,
@@ -199,7 +199,9 @@ def fit(
     :param batch_size: B, the rows per step; None (default) or N trains full-batch.
     :param lr: the learning rate of the default optimiser.
     :param num_particles: samples per point: of the ELBO's expectations, or K of the IWAE bound.
-    :param progress: show a tqdm bar with a moving average of the loss.
+    :param progress: show a tqdm bar with a moving average of the loss; a string shows it
+        labelled with what is trained (``"4b, MADE decoder"``; default ``"fit"``). A resumed
+        run's bar starts at the checkpoint's step and says so.
     :param optimizer: any ``pyro.optim.PyroOptim``; default Adam with learning rate ``lr``
         (:class:`~inference.training.optim.MultiTensorAdam`, ``pyro.optim.Adam`` in one foreach
         step).
@@ -661,10 +663,22 @@ class _Recorder:
 
 
 class _Progress:
-    """A tqdm bar over the steps left, showing a moving average of the loss."""
+    """A tqdm bar over all the steps, from the first one left (a resumed run's bar starts at
+    its checkpoint's step), labelled with what is trained and the objective, showing a moving
+    average of the loss."""
 
-    def __init__(self, losses: list[float], steps: int, shown: bool, name: str) -> None:
-        self.bar = tqdm(range(len(losses), steps), disable=not shown, desc=f"fit ({name})")
+    def __init__(self, losses: list[float], steps: int, shown: bool | str, name: str) -> None:
+        label = shown if isinstance(shown, str) else "fit"
+        description = f"{label} ({name})"
+        if losses:
+            description += f", resumed from step {len(losses)}"
+        self.bar = tqdm(
+            range(len(losses), steps),
+            total=steps,
+            initial=len(losses),
+            disable=not shown,
+            desc=description,
+        )
         self.smoothed = losses[-1] if losses else math.nan
 
     def __iter__(self) -> Iterator[int]:
