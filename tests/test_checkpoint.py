@@ -143,7 +143,10 @@ def lvm_fit(*arguments: str) -> subprocess.Popen:
 
 
 def test_a_run_interrupted_midway_resumes_from_the_command_line_to_the_same_result(tmp_path):
-    run = ["--model", "gaussian-vae", "--data", "two-moons", "--steps", "800", "--seed", "3"]
+    # Enough steps that the run cannot end between its first checkpoint and the Ctrl-C that
+    # follows it (800 could, on a quiet machine: a step of this pair takes under a millisecond).
+    steps = 4000
+    run = ["--model", "gaussian-vae", "--data", "two-moons", "--steps", str(steps), "--seed", "3"]
     reference = lvm_fit(*run, "--checkpoint", str(tmp_path / "reference.pt"))
 
     interrupted_path = tmp_path / "interrupted.pt"
@@ -155,13 +158,13 @@ def test_a_run_interrupted_midway_resumes_from_the_command_line_to_the_same_resu
     _, stderr = interrupted.communicate()
     assert interrupted.returncode == 130, stderr
     stopped_at = load_checkpoint(interrupted_path).step
-    assert 0 < stopped_at < 800
+    assert 0 < stopped_at < steps
 
     resumed = lvm_fit("--resume", str(interrupted_path))
     assert resumed.wait() == 0, resumed.stderr.read()
     assert reference.wait() == 0, reference.stderr.read()
     final, expected = load_checkpoint(interrupted_path), load_checkpoint(tmp_path / "reference.pt")
-    assert final.step == expected.step == 800
+    assert final.step == expected.step == steps
     for key, value in expected.parameters.items():
         assert torch.equal(final.parameters[key], value), key
 
