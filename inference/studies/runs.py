@@ -25,9 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +44,7 @@ from inference.training.checkpoint import (
     load_checkpoint,
     parameter_keys,
     plain,
+    write_sealed,
 )
 from lvm_models import datasets
 
@@ -143,32 +142,8 @@ def save_run(path: str | Path, model: PyroModule, guide: PyroModule, spec: RunSp
         ("guide", guide, rebuilt_guide),
     ):
         _check_rebuilds(role, getattr(spec, role), trained, rebuilt)
-    body = io.BytesIO()
-    torch.save(
-        {
-            "spec": spec.to_dict(),
-            "model": _cpu_state(model),
-            "guide": _cpu_state(guide),
-        },
-        body,
-    )
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "sha256": hashlib.sha256(body.getvalue()).hexdigest(),
-        "body": body.getvalue(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            torch.save(payload, file)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    fields = {"spec": spec.to_dict(), "model": _cpu_state(model), "guide": _cpu_state(guide)}
+    write_sealed(path, fields, FORMAT, VERSION)
     return path
 
 

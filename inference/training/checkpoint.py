@@ -92,13 +92,20 @@ def parameter_keys(
 
 def save_checkpoint(path: str | Path, state: TrainingState) -> None:
     """Write ``state`` to ``path`` atomically, with the SHA-256 of its serialised bytes."""
-    path = Path(path)
+    write_sealed(Path(path), dict(state.__dict__), FORMAT, VERSION)
+
+
+def write_sealed(path: Path, fields: dict, format: str, version: int) -> None:
+    """Write ``fields`` (tensors, numbers, strings) to ``path`` as one torch file that carries
+    its ``format``, ``version`` and the SHA-256 of the serialised fields, atomically: a
+    temporary file in the same folder, flushed to disk, then ``os.replace``. Checkpoints and
+    saved runs (:func:`inference.studies.runs.save_run`) are written this way."""
     path.parent.mkdir(parents=True, exist_ok=True)
     body = io.BytesIO()
-    torch.save(dict(state.__dict__), body)
+    torch.save(fields, body)
     payload = {
-        "format": FORMAT,
-        "version": VERSION,
+        "format": format,
+        "version": version,
         "sha256": hashlib.sha256(body.getvalue()).hexdigest(),
         "body": body.getvalue(),
     }
