@@ -25,7 +25,12 @@ from inference.estimators.exact import NoExactValueError, exact_log_marginal
 from inference.estimators.gaps import GapDecomposition, gap_decomposition
 from inference.studies.frontier import RateDistortion, rate_distortion
 from inference.training.objectives import ELBO, IWAE, FreeBits, JitELBO, Objective
-from inference.training.schedules import ConstantBeta, KLSchedule, LinearWarmup
+from inference.training.schedules import (
+    ConstantBeta,
+    CyclicalAnnealing,
+    KLSchedule,
+    LinearWarmup,
+)
 from inference.training.train import FitResult, History, fit
 
 
@@ -62,6 +67,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AISEstimate",
     "ConstantBeta",
+    "CyclicalAnnealing",
     "ELBO",
     "FreeBits",
     "IWAE",
