@@ -49,6 +49,7 @@ _NAMES = {
     "JitELBO": "inference.training.objectives",
     "Objective": "inference.training.objectives",
     "ConstantBeta": "inference.training.schedules",
+    "CyclicalAnnealing": "inference.training.schedules",
     "KLSchedule": "inference.training.schedules",
     "LinearWarmup": "inference.training.schedules",
     "FitResult": "inference.training.train",
@@ -91,6 +92,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AISEstimate",
     "ConstantBeta",
+    "CyclicalAnnealing",
     "ELBO",
     "FreeBits",
     "IWAE",

@@ -14,6 +14,8 @@ IW_K of replicates: log-sum-exp, no -log K    check_bounds (IW_K <= log p(x))
 IW_K of one estimate: log-sum-exp, no -log K  test_bounds: IW of the exact posterior is log p(x)
 fit's IWAE loss without its + log K           test_train: the loss is nats per point (iwae)
 beta on log p(z) only, not on log q           test_train: beta weighs model and guide; warm-up
+cyclical annealing at a constant beta         test_train: cyclical annealing weighs each step
+DReG running the plain IWAE gradient          test_dreg: DReG's encoder variance is lower
 IW stderr without the 1 / sqrt(K)             the IW stderr is the spread of its estimates
 IW stderr without the -1 (1 / sqrt(ESS))      the IW stderr is the spread of its estimates
 an oracle off by 0.01 nats                    check_bounds (tightness, <= log p(x))
@@ -23,6 +25,7 @@ an oracle off by 0.01 nats                    check_bounds (tightness, <= log p(
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pyro
 import pyro.distributions as dist
@@ -32,8 +35,13 @@ from _pairs import linear_gaussian
 from test_bounds import (
     test_iw_of_exact_posterior_is_log_marginal_for_every_k as iw_of_exact_posterior_is_exact,
 )
+from test_dreg import near_posterior  # noqa: F401 (a fixture of the DReG mutant's test)
+from test_dreg import test_dregs_encoder_gradient_has_a_lower_variance as dreg_has_lower_variance
 from test_train import (
     test_beta_weights_the_latent_log_densities_in_model_and_guide as beta_weighs_model_and_guide,
+)
+from test_train import (
+    test_cyclical_annealing_weighs_each_steps_kl_by_its_schedule as cyclical_weighs_each_step,
 )
 from test_train import test_kl_warmup_raises_beta_linearly as kl_warmup_raises_beta_linearly
 from test_train import test_loss_is_nats_per_point as loss_is_nats_per_point
@@ -45,6 +53,7 @@ from guides import ExactPosterior
 from inference import check_bounds, iw_log_marginal
 from inference._programs import log_density_per_point, vectorized_traces
 from inference.training.objectives import IWAE
+from inference.training.schedules import CyclicalAnnealing
 from lvm_models import datasets
 
 Z = 4.0  # standard errors: a correct estimate strays this far with probability 6e-5
@@ -286,3 +295,18 @@ def test_a_wrong_iw_stderr_is_caught(linear_pair, monkeypatch, mutant):
     monkeypatch.setattr(inference.estimators.bounds, "_delta_method_stderr", mutant)
     with pytest.raises(AssertionError, match="stderr"):
         assert_iw_stderr_is_the_spread_of_independent_estimates(model, x)
+
+
+def test_cyclical_annealing_at_a_constant_beta_is_caught(monkeypatch):
+    monkeypatch.setattr(CyclicalAnnealing, "__call__", lambda self, step, steps: self.beta)
+    with pytest.raises(AssertionError):
+        cyclical_weighs_each_step()
+
+
+def test_dreg_that_runs_the_plain_gradient_is_caught(monkeypatch, near_posterior):  # noqa: F811
+    plain_loss = IWAE.loss
+    monkeypatch.setattr(
+        IWAE, "loss", lambda self, info: plain_loss(replace(self, gradient="plain"), info)
+    )
+    with pytest.raises(AssertionError):
+        dreg_has_lower_variance(near_posterior, 10)

@@ -23,7 +23,12 @@ from inference.training.objectives import (
     FreeBits,
     JitELBO,
 )
-from inference.training.schedules import ConstantBeta, KLSchedule, LinearWarmup
+from inference.training.schedules import (
+    ConstantBeta,
+    CyclicalAnnealing,
+    KLSchedule,
+    LinearWarmup,
+)
 from lvm_models import BernoulliVAE, GaussianMixture, GaussianVAE, LinearGaussian, datasets
 
 X = datasets.correlated_gaussian(num_data=80, data_dim=4, seed=0).x
@@ -52,6 +57,10 @@ def assert_same_run(first: tuple, second: tuple) -> None:
         ({"objective": "iwae", "num_particles": 3}, IWAE(num_particles=3)),
         ({"free_bits": 0.3, "num_particles": 2}, FreeBits(0.3, num_particles=2)),
         ({"jit": True}, JitELBO()),
+        (
+            {"objective": "iwae", "num_particles": 3, "gradient": "dreg"},
+            IWAE(num_particles=3, gradient="dreg"),
+        ),
     ],
 )
 def test_an_objective_value_trains_exactly_as_the_keywords_that_name_it(keywords, value):
@@ -72,6 +81,60 @@ def test_a_kl_schedule_value_trains_exactly_as_beta_and_warmup(keywords, schedul
 def test_linear_warmup_rises_to_beta_over_its_steps_then_stays():
     weights = [LinearWarmup(2.0, warmup_steps=4)(step, 6) for step in range(6)]
     assert weights == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+
+
+def frange_cycle_linear(n_iter, start=0.0, stop=1.0, n_cycle=4, ratio=0.5):
+    """The reference code of Fu et al. (2019), haofuml/cyclical_annealing, as written there."""
+    schedule = [stop] * n_iter
+    period = n_iter / n_cycle
+    step = (stop - start) / (period * ratio)
+    for c in range(n_cycle):
+        v, i = start, 0
+        while v <= stop and int(i + c * period) < n_iter:
+            schedule[int(i + c * period)] = v
+            v += step
+            i += 1
+    return schedule
+
+
+@pytest.mark.parametrize("steps", [12, 100, 37, 1000])
+@pytest.mark.parametrize(("cycles", "ratio"), [(1, 1.0), (4, 0.5), (3, 0.25), (7, 0.8)])
+def test_cyclical_annealing_gives_the_reference_codes_weights(steps, cycles, ratio):
+    """Periods that are not whole numbers (37 / 3, 100 / 7) included."""
+    schedule = CyclicalAnnealing(beta=2.0, cycles=cycles, ratio=ratio)
+    expected = frange_cycle_linear(steps, 0.0, 2.0, n_cycle=cycles, ratio=ratio)
+    assert [schedule(step, steps) for step in range(steps)] == pytest.approx(expected, abs=1e-12)
+
+
+def test_cyclical_annealing_restarts_each_cycle_from_zero():
+    weights = [CyclicalAnnealing(cycles=2, ratio=0.5)(step, 8) for step in range(8)]
+    assert weights == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0]
+
+
+def test_cyclical_annealing_in_fit_logs_its_weights_and_a_resumption_must_match_it(tmp_path):
+    schedule = CyclicalAnnealing(beta=1.5, cycles=2, ratio=0.5)
+    history, _ = trained(kl_schedule=schedule)
+    assert history["beta"] == [schedule(step, 12) for step in history["logged_steps"]]
+    assert len(set(history["beta"])) > 1
+    path = tmp_path / "run.pt"
+    trained(kl_schedule=schedule, checkpoint=path)
+    assert load_checkpoint(path).options["kl_schedule"] == repr(schedule)
+    with pytest.raises(CheckpointError, match="kl_schedule"):
+        trained(kl_schedule=CyclicalAnnealing(beta=1.5, cycles=3, ratio=0.5), resume=path)
+
+
+def test_a_dreg_run_steps_otherwise_than_the_plain_one_and_its_checkpoint_says_so(tmp_path):
+    """The first loss (before any update) is the same bound of the same draws; the updates
+    are not the same."""
+    path = tmp_path / "plain.pt"
+    plain = trained(objective="iwae", num_particles=4, checkpoint=path)
+    dreg = trained(objective="iwae", num_particles=4, gradient="dreg")
+    assert dreg[0]["losses"][0] == pytest.approx(plain[0]["losses"][0], rel=1e-6)
+    assert not all(torch.equal(a, b) for a, b in zip(plain[1], dreg[1], strict=True))
+    assert "gradient" not in load_checkpoint(path).options  # format 2, as before DReG
+    assert IWAE(4, gradient="dreg").options()["gradient"] == "dreg"
+    with pytest.raises(CheckpointError, match="gradient"):
+        trained(objective="iwae", num_particles=4, gradient="dreg", resume=path)
 
 
 def test_built_in_values_record_the_option_keys_of_checkpoint_format_2():
@@ -95,6 +158,7 @@ def test_built_in_values_record_the_option_keys_of_checkpoint_format_2():
         ({"objective": ELBO(), "free_bits": 0.5}, "free_bits"),
         ({"kl_schedule": ConstantBeta(0.5), "beta": 0.5}, "beta"),
         ({"kl_schedule": LinearWarmup(1.0, 3), "kl_warmup_steps": 3}, "kl_warmup_steps"),
+        ({"objective": IWAE(3), "gradient": "dreg"}, "gradient"),
     ],
 )
 def test_an_option_given_both_to_fit_and_in_a_value_is_refused(options, named):
@@ -112,11 +176,29 @@ def test_an_option_given_both_to_fit_and_in_a_value_is_refused(options, named):
         (lambda: ELBO(enumerate="yes"), "enumerate"),
         (lambda: ELBO(jit="yes"), "jit"),
         (lambda: ELBO(enumerate=True, jit=True), "enumerate"),
+        (lambda: IWAE(3, gradient="score"), "gradient"),
+        (lambda: CyclicalAnnealing(cycles=0), "cycles"),
+        (lambda: CyclicalAnnealing(cycles=2.5), "cycles"),
+        (lambda: CyclicalAnnealing(ratio=0.0), "ratio"),
+        (lambda: CyclicalAnnealing(ratio=1.5), "ratio"),
+        (lambda: CyclicalAnnealing(beta=float("inf")), "beta"),
     ],
 )
 def test_a_value_checks_its_fields(build, named):
     with pytest.raises(ValueError, match=named):
         build()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"gradient": "dreg"}, "gradient='dreg' .* needs objective='iwae'; got objective='elbo'"),
+        ({"objective": "iwae", "gradient": "score"}, "gradient must be one of"),
+    ],
+)
+def test_fit_names_a_gradient_it_cannot_use(options, message):
+    with pytest.raises(ValueError, match=message):
+        trained(**options)
 
 
 def test_fit_refuses_a_kl_schedule_that_is_not_one():

@@ -12,6 +12,7 @@ from torch.distributions import kl_divergence
 from guides import AmortizedCategorical, AmortizedGaussian, ExactPosterior
 from inference._programs import inspect_pair
 from inference.training.objectives import IWAE
+from inference.training.schedules import CyclicalAnnealing
 from inference.training.train import fit
 from lvm_models import GaussianMixture, LinearGaussian, datasets
 
@@ -334,6 +335,22 @@ def test_kl_warmup_raises_beta_linearly():
         progress=False,
     )
     schedule = [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    expected = [beta_weighted_loss(PAIRED_ROWS, beta) for beta in schedule]
+    assert result.history.losses == pytest.approx(expected, rel=1e-9)
+
+
+def test_cyclical_annealing_weighs_each_steps_kl_by_its_schedule():
+    """The latent sites of step t get Fu et al.'s weight: 2 cycles of 4 steps, rising over
+    half of each, to beta = 2."""
+    result = fit(
+        normal_latent_model,
+        paired_guide,
+        PAIRED_ROWS,
+        steps=8,
+        kl_schedule=CyclicalAnnealing(beta=2.0, cycles=2, ratio=0.5),
+        progress=False,
+    )
+    schedule = [0.0, 1.0, 2.0, 2.0, 0.0, 1.0, 2.0, 2.0]
     expected = [beta_weighted_loss(PAIRED_ROWS, beta) for beta in schedule]
     assert result.history.losses == pytest.approx(expected, rel=1e-9)
 

@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 from pyro.nn import PyroModule
 
-from guides import AmortizedCategorical, AmortizedGaussian, ExactPosterior, MeanField, PriorGuide
+from guides import (
+    AmortizedCategorical,
+    AmortizedGaussian,
+    BatchNormGaussian,
+    CommittedRateGaussian,
+    ExactPosterior,
+    MeanField,
+    PriorGuide,
+    check_standard_normal_prior,
+)
 from lvm_models import AutoregressiveVAE, BernoulliVAE, GaussianMixture, GaussianVAE, LinearGaussian
 
 
@@ -48,6 +57,14 @@ GUIDES: dict[str, Entry] = {
         lambda model, num_data: AmortizedCategorical(model.data_dim, model.latent_dim),
         "MLP encoder, categorical q(z|x) (mixtures)",
     ),
+    "committed-rate-gaussian": Entry(
+        lambda model, num_data: _rate_floored(CommittedRateGaussian, model, delta=0.1),
+        "MLP encoder, Gaussian q(z|x) with KL >= 0.1 nat per dimension (delta-VAE)",
+    ),
+    "batchnorm-gaussian": Entry(
+        lambda model, num_data: _rate_floored(BatchNormGaussian, model, gamma=0.5),
+        "MLP encoder, batch-normalised means: mean KL >= 0.125 nat per dimension (BN-VAE)",
+    ),
     "prior": Entry(lambda model, num_data: PriorGuide(model), "q(z|x) = p(z)"),
     "exact-posterior": Entry(
         lambda model, num_data: ExactPosterior(model), "exact p(z|x) (linear-Gaussian models)"
@@ -57,6 +74,14 @@ GUIDES: dict[str, Entry] = {
         "one free Gaussian per data point (full batch)",
     ),
 }
+
+
+def _rate_floored(
+    family: Callable[..., PyroModule], model: PyroModule, **options: float
+) -> PyroModule:
+    """A guide whose rate floor is a KL from N(0, I), after checking the model's prior is that."""
+    check_standard_normal_prior(model, num_data=1)
+    return family(model.data_dim, model.latent_dim, **options)
 
 
 def lookup(kind: str, table: dict[str, Entry], name: str) -> Entry:

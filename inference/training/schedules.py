@@ -7,8 +7,8 @@ beta_t of step t, so the bound it maximises at that step is
 A schedule is a small frozen dataclass, called as ``schedule(step, steps)``: the weight of
 step ``step`` (counted from 0) of a run of ``steps``. ``fit(beta=..., kl_warmup_steps=...)``
 names one of these; ``fit(kl_schedule=...)`` passes one directly. A new schedule is a new
-subclass of :class:`KLSchedule`: cyclical annealing (Fu et al., 2019), for one, splits the
-``steps`` into M cycles and raises the weight linearly over the first fraction R of each.
+subclass of :class:`KLSchedule`, as :class:`CyclicalAnnealing` (Fu et al., 2019) is: it splits
+the ``steps`` into M cycles and raises the weight linearly over the first fraction R of each.
 
 The weight enters the step through :class:`_ScaleLatent`, with a number (the eager step) or a
 tensor that is an input of the compiled step, so every schedule works compiled too.
@@ -77,6 +77,44 @@ class LinearWarmup(KLSchedule):
 
     def options(self) -> dict[str, object]:
         return {"beta": self.beta, "kl_warmup_steps": self.warmup_steps}
+
+
+@dataclass(frozen=True)
+class CyclicalAnnealing(KLSchedule):
+    """Cyclical KL annealing (Fu et al., 2019, "Cyclical annealing schedule: a simple approach
+    to mitigating KL vanishing"): the ``steps`` T split into M = ``cycles`` cycles of period
+    T / M; within each the weight rises linearly from 0 over the first fraction R = ``ratio``
+    of the period, then stays at ``beta`` to the cycle's end:
+
+        beta_t = beta * min(1, (t - s_c) / (R T / M)),  s_c = floor(c T / M),
+
+    c the cycle of step t (the last with s_c <= t). For a whole period, t - s_c = t mod (T / M).
+    The values are those of the reference code's ``frange_cycle_linear(T, 0, beta, M, R)``
+    (haofuml/cyclical_annealing), cycle starts rounded down as there, in exact integer
+    arithmetic. A resumed run keeps the total ``steps``, so its cycles are the uninterrupted
+    run's.
+
+    Example::
+
+        fit(model, guide, x, steps=4000, kl_schedule=CyclicalAnnealing(cycles=4, ratio=0.5))
+    """
+
+    beta: float = 1.0
+    cycles: int = 4
+    ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_finite_number("beta", self.beta)
+        check_positive_int("cycles", self.cycles)
+        check_finite_number("ratio", self.ratio, positive=True)
+        if self.ratio > 1:
+            raise ValueError(f"ratio must be in (0, 1]; got {self.ratio!r}")
+
+    def __call__(self, step: int, steps: int) -> float:
+        # The cycle c of step t is the last whose start floor(c T / M) <= t, i.e. c T < (t + 1) M.
+        cycle = min(self.cycles - 1, ((step + 1) * self.cycles - 1) // steps)
+        into_cycle = step - cycle * steps // self.cycles
+        return self.beta * min(1.0, into_cycle * self.cycles / (self.ratio * steps))
 
 
 class _ScaleLatent(Messenger):

@@ -56,6 +56,7 @@ from inference.training.checkpoint import (
 from inference.training.objectives import (
     ELBO,
     IWAE,
+    IWAE_GRADIENTS,
     CompilationError,
     CompilationWarning,
     FreeBits,
@@ -140,6 +141,7 @@ def fit(
     vectorize: bool | None = None,
     enumerate: bool | None = None,
     kl_schedule: KLSchedule | None = None,
+    gradient: str = "plain",
 ) -> FitResult:
     """Fit ``model`` and ``guide`` to ``data`` by maximising a variational bound with ``SVI``.
 
@@ -170,7 +172,11 @@ def fit(
     - ``kl_warmup_steps`` = W > 0 raises that weight linearly: step t (from 0) uses
       ``beta * min(1, (t + 1) / W)`` (Bowman et al., 2016).
     - ``kl_schedule``, a schedule value of :mod:`inference.training.schedules`, gives the weight of
-      each step instead of ``beta`` and ``kl_warmup_steps``.
+      each step instead of ``beta`` and ``kl_warmup_steps``: ``CyclicalAnnealing(beta, cycles,
+      ratio)`` repeats the warm-up in M cycles (Fu et al., 2019).
+    - ``gradient="dreg"`` with ``objective="iwae"`` trains the guide with the doubly
+      reparameterised gradient (Tucker et al., 2019), whose signal-to-noise ratio does not
+      fall as K grows (:class:`~inference.training.objectives.IWAE`).
     - ``free_bits`` = lambda > 0 replaces the KL term by ``N sum_j max(lambda, KL_j)``, KL_j
       the analytic KL of latent dimension j averaged over the minibatch (Kingma et al.,
       2016); it needs factorised Gaussian latent sites in model and guide (``Normal`` or
@@ -238,6 +244,9 @@ def fit(
         ``objective="elbo"`` without free bits or ``jit=True``.
     :param kl_schedule: a :class:`~inference.training.schedules.KLSchedule` (then ``beta`` and
         ``kl_warmup_steps`` stay at their defaults).
+    :param gradient: the estimator of the IWAE bound's gradient, ``"plain"`` (default) or
+        ``"dreg"`` (needs ``objective="iwae"``); see
+        :class:`~inference.training.objectives.IWAE`.
     :returns: a :class:`FitResult`. The loss of a step is the negative (beta-weighted) bound
         of its minibatch, times N / B, divided by N: nats per data point, evaluated before
         that step's update.
@@ -250,6 +259,7 @@ def fit(
         free_bits=free_bits,
         jit=jit,
         enumerate=enumerate,
+        gradient=gradient,
         beta=beta,
         kl_warmup_steps=kl_warmup_steps,
         kl_schedule=kl_schedule,
@@ -316,6 +326,7 @@ class TrainingOptions:
         free_bits: float,
         jit: bool | None,
         enumerate: bool | None,
+        gradient: str,
         beta: float,
         kl_warmup_steps: int,
         kl_schedule: KLSchedule | None,
@@ -332,7 +343,7 @@ class TrainingOptions:
 
         :raises ValueError, TypeError: naming the first option that is not what it must be.
         """
-        chosen = _objective_of(objective, num_particles, free_bits, jit, enumerate)
+        chosen = _objective_of(objective, num_particles, free_bits, jit, enumerate, gradient)
         for name, value in (
             ("steps", steps),
             ("callback_every", callback_every),
@@ -391,11 +402,13 @@ def _objective_of(
     free_bits: float,
     jit: bool | None,
     enumerate: bool | None,
+    gradient: str,
 ) -> Objective:
     """The objective that fit's keywords name, or the value passed (which then takes none)."""
     if isinstance(objective, Objective):
         given = {"num_particles": num_particles != 1, "free_bits": free_bits != 0}
         given |= {"jit": jit is not None, "enumerate": enumerate is not None}
+        given |= {"gradient": gradient != "plain"}
         if any(given.values()):
             raise ValueError(
                 f"objective={objective!r} holds its own options; set "
@@ -415,6 +428,13 @@ def _objective_of(
             f"jit=True compiles objective='elbo' (with or without free bits); got "
             f"objective={objective!r}"
         )
+    if gradient not in IWAE_GRADIENTS:
+        raise ValueError(f"gradient must be one of {IWAE_GRADIENTS}; got {gradient!r}")
+    if gradient != "plain" and objective != "iwae":
+        raise ValueError(
+            f"gradient={gradient!r} estimates the gradient of the importance-weighted bound: "
+            f"it needs objective='iwae'; got objective={objective!r}"
+        )
     if free_bits > 0 and objective != "elbo":
         raise ValueError(f"free_bits needs objective='elbo'; got objective={objective!r}")
     if enumerate and (objective != "elbo" or free_bits > 0 or jit):
@@ -423,7 +443,7 @@ def _objective_of(
             f"objective={objective!r}, free_bits={free_bits}, jit={jit}"
         )
     if objective == "iwae":
-        return IWAE(num_particles)
+        return IWAE(num_particles, gradient)
     if free_bits > 0:
         return FreeBits(free_bits, num_particles, jit=jit)
     return ELBO(num_particles, enumerate, jit=jit)
