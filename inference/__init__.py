@@ -43,6 +43,7 @@ _NAMES = {
     "RunSpec": "inference.studies.runs",
     "load_run": "inference.studies.runs",
     "save_run": "inference.studies.runs",
+    "AggressiveTraining": "inference.training.aggressive",
     "ELBO": "inference.training.objectives",
     "IWAE": "inference.training.objectives",
     "FreeBits": "inference.training.objectives",
@@ -91,6 +92,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AISEstimate",
+    "AggressiveTraining",
     "ConstantBeta",
     "CyclicalAnnealing",
     "ELBO",

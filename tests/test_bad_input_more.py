@@ -10,14 +10,26 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from test_bad_input import test_bad_input_gets_an_error_naming_the_problem as check_row
 
-from guides import AmortizedCategorical, AmortizedGaussian, MeanField, PriorGuide
-from inference import rate_distortion
+from guides import (
+    AmortizedCategorical,
+    AmortizedGaussian,
+    BatchNormGaussian,
+    CommittedRateGaussian,
+    MeanField,
+    NonStandardPriorError,
+    PriorGuide,
+    check_standard_normal_prior,
+)
+from inference import IWAE, CyclicalAnnealing, fit, rate_distortion
 from inference.studies.cli import main
 from inference.studies.frontier import linear_beta_optimum
+from inference.training.aggressive import AggressiveTraining
 from lvm_models import (
     AutoregressiveVAE,
     BernoulliVAE,
@@ -41,6 +53,12 @@ def sweep(**options: object):
     return rate_distortion(
         never_called, never_called, X, **({"betas": (1.0,), "steps": 1} | options)
     )
+
+
+def shifted_prior(x: torch.Tensor) -> None:
+    """A model whose prior is N(1, I): a rate floor measured from N(0, I) would not hold."""
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(torch.ones(K), 1.0).to_event(1))
 
 
 BAD_INPUTS = [
@@ -268,6 +286,68 @@ BAD_INPUTS = [
         lambda: linear_beta_optimum(X, K, 0.5, -1.0),
         ValueError,
         "beta must be a finite number > 0; got -1.0",
+    ),
+    (
+        "aggressive training that is not a bool or settings",
+        lambda: fit(GaussianVAE(D, K), AmortizedGaussian(D, K), X, steps=1, aggressive="yes"),
+        TypeError,
+        "aggressive must be a bool or an AggressiveTraining; got str",
+    ),
+    (
+        "aggressive training with no inner steps",
+        lambda: AggressiveTraining(max_inner_steps=0),
+        ValueError,
+        "max_inner_steps must be an integer >= 1; got 0",
+    ),
+    (
+        "the DReG gradient of the ELBO",
+        lambda: fit(GaussianVAE(D, K), AmortizedGaussian(D, K), X, steps=1, gradient="dreg"),
+        ValueError,
+        "gradient='dreg' estimates the gradient of the importance-weighted bound: it needs "
+        "objective='iwae'; got objective='elbo'",
+    ),
+    (
+        "an unknown IWAE gradient",
+        lambda: IWAE(num_particles=2, gradient="fast"),
+        ValueError,
+        r"gradient must be one of \('plain', 'dreg'\); got 'fast'",
+    ),
+    (
+        "a cyclical schedule rising over more than its cycle",
+        lambda: CyclicalAnnealing(ratio=1.5),
+        ValueError,
+        r"ratio must be in \(0, 1\]; got 1.5",
+    ),
+    (
+        "a cyclical schedule of no cycles",
+        lambda: CyclicalAnnealing(cycles=0),
+        ValueError,
+        "cycles must be an integer >= 1; got 0",
+    ),
+    (
+        "a committed rate of zero",
+        lambda: CommittedRateGaussian(D, K, delta=0.0),
+        ValueError,
+        "delta must be",
+    ),
+    (
+        "a batch-norm scale of zero",
+        lambda: BatchNormGaussian(D, K, gamma=0.0),
+        ValueError,
+        "gamma must be a positive number; got 0.0",
+    ),
+    (
+        "a batch-normalised encoder in training mode on one row",
+        lambda: BatchNormGaussian(D, K)(X[:1]),
+        ValueError,
+        "BatchNormGaussian normalises over the batch in training mode: x must have at least 2",
+    ),
+    (
+        "a rate floor against a prior that is not N(0, I)",
+        lambda: check_standard_normal_prior(shifted_prior, X),
+        NonStandardPriorError,
+        r"a rate floor needs the prior of site 'z' to be N\(0, I\); got a Normal with loc in "
+        r"\[1, 1\]",
     ),
 ]
 

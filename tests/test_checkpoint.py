@@ -306,3 +306,16 @@ def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_training(
             **TRAINING,
         )
     assert steps == []
+
+
+@pytest.mark.parametrize(
+    ("first", "then"), [({"gradient": "dreg"}, {}), ({}, {"gradient": "dreg"})]
+)
+def test_a_dreg_run_and_a_plain_iwae_run_do_not_resume_each_other(data, tmp_path, first, then):
+    """Options recorded only where they depart from the default are compared both ways."""
+    iwae = {"objective": "iwae", "num_particles": 3}
+    model, guide = fresh_pair()
+    fit(model, guide, data, steps=3, checkpoint=tmp_path / "run.pt", **iwae, **first, **TRAINING)
+    model, guide = fresh_pair()
+    with pytest.raises(CheckpointError, match="other training options.*'gradient'"):
+        fit(model, guide, data, steps=6, resume=tmp_path / "run.pt", **iwae, **then, **TRAINING)

@@ -14,11 +14,14 @@ import sys
 
 import pytest
 
+from inference.studies.experiments import QUICK_BUDGET, run_row
+from inference.studies.remedies import measure_remedy
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("collapse")
-    command = ["collapse", "--quick", "--quiet", "--out", str(out)]
+    command = ["collapse", "--quick", "--quiet", "--out", str(out), "--workers", "2"]
     completed = subprocess.run(
         [sys.executable, "-m", "inference.studies.cli", *command], capture_output=True, text=True
     )
@@ -34,11 +37,13 @@ def test_quick_is_labelled_a_smoke_test_in_output_and_json(run):
 
 
 def test_progress_lines_count_the_rows_and_the_remedies(run):
+    """Two workers (the fixture's): a line as each of the 9 rows and 24 remedies ends."""
     _, completed, _ = run
-    assert "[lvm collapse] row 1 of 9: 1a, independent Gaussian, diagonal decoder" in (
-        completed.stderr
-    )
-    assert "row 9 of 9: 4b" in completed.stderr and "remedy 6 of 6: 4b" in completed.stderr
+    stderr = completed.stderr
+    assert "[lvm collapse] done 1 of 33: " in stderr and "done 33 of 33: " in stderr
+    assert "1a, independent Gaussian, diagonal decoder (" in stderr
+    for label in ("4b, binarised digits", "1b, aggressive", "4b, IWAE-DReG K=5", "1c, BN-VAE"):
+        assert label in stderr, label
 
 
 def test_a_diagonal_decoder_uses_far_less_rate_on_independent_than_on_correlated_data(run):
@@ -105,14 +110,31 @@ def _remedies(out):
 
 
 def test_remedies_force_the_latent_of_the_powerful_cases_and_price_it(run):
-    out, completed, _ = run
+    out, completed, rows = run
     stdout = completed.stdout
     remedies = _remedies(out)
-    assert {row["case"] for row in remedies} == {"1b", "4b"} and len(remedies) == 6
+    assert [row["case"] for row in remedies] == ["1b"] * 8 + ["4b"] * 8 + ["1c"] * 8
+    assert len({row["remedy"] for row in remedies}) == 8
     for row in remedies:
-        assert row["rate"] > 1.0, row
+        if row["case"] != "1c":  # the powerful cases: every remedy buys rate
+            assert row["rate_gained"] > 0, row
+        if row["remedy"].startswith("delta-VAE"):  # a floor of 0.5 nat in each of 2 dims
+            assert row["rate"] >= 1.0 - 1e-6, row
         assert math.isfinite(row["log_px_change"]) and row["log_px_change_stderr"] > 0, row
+    assert rows["1c"]["diagnosis"]["active_units"] == 2  # not powerful: z used unforced
     assert "Remedies for collapse" in stdout
+
+
+def test_workers_give_the_numbers_of_a_run_in_this_process(run):
+    """Every run seeds itself: a row and a remedy measured here match the workers' ones."""
+    out, _, rows = run
+    row = run_row("1b", QUICK_BUDGET, 0)
+    assert row.diagnosis.rate == pytest.approx(rows["1b"]["diagnosis"]["rate"], abs=1e-9)
+    assert row.exact == pytest.approx(rows["1b"]["exact"], abs=1e-9)
+    remedy = measure_remedy("1b", "cyclical KL", QUICK_BUDGET, 0)
+    theirs = next(r for r in _remedies(out) if (r["case"], r["remedy"]) == ("1b", "cyclical KL"))
+    assert remedy.rate == pytest.approx(theirs["rate"], abs=1e-9)
+    assert remedy.measured.exact.double().mean().item() == pytest.approx(theirs["exact"], abs=1e-9)
 
 
 def test_remedies_are_priced_by_the_exact_log_marginal_with_iw_beside_it(run):

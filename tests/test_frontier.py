@@ -184,6 +184,20 @@ def test_lvm_frontier_quick_writes_the_table_and_both_plots(tmp_path):
     assert completed.returncode == 0, completed.stderr
     report = json.loads((tmp_path / "frontier.json").read_text())
     assert all(len(sweep["rows"]) == 3 for sweep in report["sweeps"].values())
+    vae = report["sweeps"]["full-covariance Gaussian VAE"]
+    assert [row["remedy"] for row in vae["remedies"]] == [
+        "KL warm-up",
+        "cyclical KL",
+        "free bits 1 nat",
+        "aggressive",
+        "delta-VAE 0.5 nat",
+        "BN-VAE gamma 1",
+        "IWAE-DReG K=5",
+    ]
+    for row in vae["remedies"]:
+        assert row["beta"] == 1.0 and row["exact"] is not None, row
+        assert row["elbo"] <= row["iw"] + 3 * row["iw_stderr"], row
+    assert "IWAE-DReG K=5" in completed.stdout
     for name in ("rate_distortion.png", "log_px_against_rate.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "distortion" in completed.stdout

@@ -248,3 +248,24 @@ def test_sandwich_title_states_the_final_width(curve):
     figure = plots.sandwich_figure(curve, "synthetic model")
     assert "0.050 nats at T = 100 (from 1.00 at T = 10)" in figure.get_suptitle()
     plt.close(figure)
+
+
+def test_remedies_get_a_panel_of_their_own_with_every_name_and_the_plain_level():
+    rows = tuple(
+        FrontierRow(beta, rate, 1.0, -5.0, -6.0, 0.01, exact, 1)
+        for beta, rate, exact in [(0.1, 8.0, -7.5), (1.0, 0.2, -5.0), (4.0, 0.1, -5.5)]
+    )
+    remedies = tuple(
+        FrontierRow(1.0, rate, 1.0, -5.1, -5.05, 0.01, exact, 2, remedy=name)
+        for name, rate, exact in [("KL warm-up", 1.0, -5.02), ("aggressive", 1.5, -5.04)]
+    )
+    table = RateDistortion(rows, 64, 100, remedies)
+    figure = plots.log_px_against_rate_figure({"sweep": table})
+    main, side = figure.axes
+    labels = {text.get_text() for text in side.texts}
+    assert {"KL warm-up", "aggressive", "plain ELBO (β = 1)"} <= labels
+    assert any(line.get_ydata()[0] == -5.0 for line in side.lines if line.get_linestyle() == "--")
+    plt.close(figure)
+    figure = plots.rate_distortion_figure({"sweep": table})
+    assert {"KL warm-up", "aggressive"} <= {text.get_text() for text in figure.axes[0].texts}
+    plt.close(figure)

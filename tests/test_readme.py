@@ -70,9 +70,12 @@ def frontier_table(sweep: str) -> Table:
         source="docs/frontier/frontier.json",
         header="beta rate distortion",
         title=sweep,
-        rows=lambda report: report["sweeps"][sweep]["rows"],
+        rows=lambda report: [
+            *report["sweeps"][sweep]["rows"],
+            *report["sweeps"][sweep].get("remedies", []),
+        ],
         columns={
-            "beta": "beta",
+            "beta": lambda row: row.get("remedy") or row["beta"],
             "rate": "rate",
             "distortion": "distortion",
             "ELBO": "elbo",

@@ -10,10 +10,18 @@ import pytest
 import torch
 from _pairs import linear_gaussian
 
-from guides import AmortizedGaussian, PriorGuide
-from inference import exact_log_marginal, fit, iw_log_marginal
+from guides import AmortizedGaussian, BatchNormGaussian, CommittedRateGaussian, PriorGuide
+from inference import CyclicalAnnealing, exact_log_marginal, fit, iw_log_marginal
+from inference.studies import experiments
 from inference.studies.experiments import QUICK_BUDGET
-from inference.studies.remedies import RemedyResult, format_remedies, log_px_change, price_remedies
+from inference.studies.remedies import (
+    REMEDIES,
+    RemedyResult,
+    format_remedies,
+    log_px_change,
+    price_remedies,
+    remedy_named,
+)
 from lvm_models import GaussianVAE
 
 NUM_SAMPLES = 200
@@ -138,3 +146,41 @@ def test_bad_arguments_are_named(trained):
 def test_pricing_needs_the_plain_runs_trained_pairs():
     with pytest.raises(ValueError, match="case 1b's trained pair"):
         price_remedies([], QUICK_BUDGET, progress=False)
+
+
+EXPECTED_OPTIONS = {
+    "beta = 0.2": {"beta": 0.2},
+    "KL warm-up": {"kl_warmup_steps": QUICK_BUDGET.steps // 2},
+    "cyclical KL": {"kl_schedule": CyclicalAnnealing(cycles=4, ratio=0.5)},
+    "free bits 1 nat": {"free_bits": 1.0},
+    "aggressive": {"aggressive": True},
+    "delta-VAE 0.5 nat": {},
+    "BN-VAE gamma 1": {},
+    "IWAE-DReG K=5": {"objective": "iwae", "num_particles": 5, "gradient": "dreg"},
+}
+EXPECTED_GUIDES = {"delta-VAE 0.5 nat": CommittedRateGaussian, "BN-VAE gamma 1": BatchNormGaussian}
+
+
+@pytest.mark.parametrize("remedy", REMEDIES, ids=lambda remedy: remedy.name)
+def test_each_remedy_reaches_fit_with_its_options_and_its_guide(remedy, monkeypatch):
+    """The study trains what the table names: switched off, a row would be the plain pair."""
+    calls = []
+    monkeypatch.setattr(experiments, "fit", lambda model, guide, x, **kw: calls.append((guide, kw)))
+    setup = experiments.CORRELATED_FULL_COVARIANCE
+    x, _ = experiments.experiment_data(setup, QUICK_BUDGET, 0)
+    options = remedy.fit_options(QUICK_BUDGET.steps)
+    experiments.train_pair(setup, x, QUICK_BUDGET, 0, False, guide_family=remedy.guide_family,
+                           **options)  # fmt: skip
+    ((guide, passed),) = calls
+    assert {k: passed[k] for k in EXPECTED_OPTIONS[remedy.name]} == EXPECTED_OPTIONS[remedy.name]
+    assert type(guide) is EXPECTED_GUIDES.get(remedy.name, AmortizedGaussian)
+    if isinstance(guide, CommittedRateGaussian):
+        assert guide.delta == 0.5
+    if isinstance(guide, BatchNormGaussian):
+        assert guide.gamma.item() == 1.0
+
+
+def test_remedies_are_found_by_name_and_an_unknown_one_is_named():
+    assert [remedy_named(remedy.name) for remedy in REMEDIES] == list(REMEDIES)
+    with pytest.raises(ValueError, match="unknown remedy 'warm'; known: beta = 0.2"):
+        remedy_named("warm")

@@ -78,11 +78,8 @@ def certified_quadrature(
         log_z, box = _integrate(_FramedIntegrand(part, frame), _box_from_modes(modes, frame))
         log_marginal[pending] = log_z
         search = frame.bounding_box(box).union(box_of_prior)
-        if not bool(torch.equal(search.low, box_of_prior.low)) or not bool(
-            torch.equal(search.high, box_of_prior.high)
-        ):
-            over_prior = _CoarseGrid.over(part, search)
-        missed, missed_at = over_prior.mass_outside(frame, box, log_z)
+        over_search = over_prior.redone(part, search, box_of_prior)
+        missed, missed_at = over_search.mass_outside(frame, box, log_z)
         if not bool(missed.any()):
             return log_marginal.to(integrand.dtype)
         # The next round starts again from every mode found so far and the missed nodes.
@@ -313,6 +310,23 @@ class _CoarseGrid:
         log_cell = ((box.high - box.low) / (count - 1)).log().sum(-1)
         return cls(nodes, integrand(nodes), log_cell)
 
+    def redone(self, integrand: _Integrand, box: _Box, old: _Box) -> _CoarseGrid:
+        """This grid over ``old`` (N, d), redone over ``box`` at the points where the two
+        boxes differ (only there: the grid is the same elsewhere)."""
+        changed = ((box.low != old.low) | (box.high != old.high)).any(-1).nonzero().squeeze(-1)
+        if changed.numel() == 0:
+            return self
+        new = _CoarseGrid.over(integrand.subset(changed), _Box(box.low[changed], box.high[changed]))
+        merged = []
+        for mine, theirs in zip(
+            (self.nodes, self.log_joint, self.log_cell), (new.nodes, new.log_joint, new.log_cell)
+        ):
+            # The boxes may differ in dtype (the prior's and the frame's): keep the wider.
+            both = mine.to(torch.promote_types(mine.dtype, theirs.dtype), copy=True)
+            both.index_copy_(int(mine.dim() > 1), changed, theirs.to(both.dtype))  # the N dim
+            merged.append(both)
+        return _CoarseGrid(*merged)
+
     def best_nodes(self, count: int, log_joint: torch.Tensor | None = None) -> torch.Tensor:
         """The ``count`` nodes of highest value per point: (count, N, d)."""
         values = self.log_joint if log_joint is None else log_joint
@@ -456,19 +470,29 @@ def _integrate(integrand: _FramedIntegrand, grid_box: _GridBox) -> tuple[torch.T
 def _integrate_group(
     integrand: _FramedIntegrand, grid_box: _GridBox, shape: torch.Tensor
 ) -> tuple[torch.Tensor, _Box]:
-    box, counts = grid_box.box, shape.clone()
+    """The points of one grid shape, each refined (or widened) until its own rule is
+    certified: a point is done as soon as its box holds its mass and its grid agrees with
+    the sub-grid, whatever the other points of the group still need."""
+    num_data = grid_box.box.low.shape[0]
+    log_z = torch.empty(num_data, dtype=torch.float64, device=shape.device)
+    low, high = grid_box.box.low.clone(), grid_box.box.high.clone()
+    pending = torch.arange(num_data, device=shape.device)
+    counts = shape.clone()
     while int(counts.prod()) <= _MAX_NODES[integrand.dim]:
-        fine, coarse, edge = _trapezoid(integrand, box, counts)
-        widen = edge > fine + _EDGE_LOG_FRACTION  # (N,)
-        if bool(widen.any()):
-            # Widened first: with mass at the boundary the rule converges only slowly.
-            center, half = (box.low + box.high) / 2, (box.high - box.low) / 2
-            half = torch.where(widen.unsqueeze(-1), 2 * half, half)
-            box, counts = _Box(center - half, center + half), 2 * counts - 1
-        elif bool(((fine - coarse).abs() <= _tolerance(fine, integrand.integrand.dtype)).all()):
-            return fine, box
-        else:
-            counts = 2 * counts - 1
+        part = integrand.subset(pending)
+        fine, coarse, edge = _trapezoid(part, _Box(low[pending], high[pending]), counts)
+        widen = edge > fine + _EDGE_LOG_FRACTION  # (P,)
+        converged = (fine - coarse).abs() <= _tolerance(fine, part.integrand.dtype)
+        done = converged & ~widen
+        log_z[pending[done]] = fine[done]
+        pending, widen = pending[~done], widen[~done]
+        if pending.numel() == 0:
+            return log_z, _Box(low, high)
+        # Widened first: with mass at the boundary the rule converges only slowly.
+        center, half = (low[pending] + high[pending]) / 2, (high[pending] - low[pending]) / 2
+        half = torch.where(widen.unsqueeze(-1), 2 * half, half)
+        low[pending], high[pending] = center - half, center + half
+        counts = 2 * counts - 1
     raise NoExactValueError(
         "quadrature did not converge: the grid reached its limit of "
         f"{_MAX_NODES[integrand.dim]} nodes before the trapezoid rule agreed with its "

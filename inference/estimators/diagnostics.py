@@ -407,6 +407,16 @@ def rate_and_distortion_of(
     return rates.mean().item(), -log_likelihood.mean().item()
 
 
+def mutual_information_of(
+    model: Callable, guide: Callable, inputs: Inputs, info: ProgramInfo
+) -> float:
+    """I_q(x; z) of the points ``inputs`` by the aggregate-posterior estimate of :func:`diagnose`
+    (He et al., 2019's ``calc_mi``: one draw per point, the points' mixture as q(z)), for a
+    pair already inspected (``info``); no checks. A lower bound on I_q in expectation."""
+    rates = torch.zeros(info.num_data, dtype=torch.float64, device=info.device)
+    return _mutual_information(model, guide, inputs, info, rates, "aggregate").lower
+
+
 def _rate(model_trace: Trace, guide_trace: Trace, info: ProgramInfo) -> tuple[torch.Tensor, bool]:
     """KL(q || p) per point (N,), summed over latent sites and averaged over the traces'
     particles; and whether every site's KL was analytic."""

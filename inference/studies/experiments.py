@@ -290,15 +290,18 @@ def train_pair(
     seed: int,
     progress: bool | str,
     callback: Callable | None = None,
-    **objective: float,
+    guide_family: Callable[..., torch.nn.Module] | None = None,
+    **objective: object,
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """A fresh model and encoder of ``setup`` trained on x; ``objective`` holds the remedies
-    (``beta``, ``kl_warmup_steps``, ``free_bits``), none by default. Each step runs compiled
-    (fit's default): the same steps, with Pyro's tracing done once. ``progress``: as
-    :func:`~inference.fit`'s (a string labels the bar)."""
+    """A fresh model and encoder of ``setup`` trained on x; ``objective`` holds fit's options
+    of a remedy (``beta``, ``kl_schedule``, ``aggressive``, ...), none by default, and
+    ``guide_family(data_dim, latent_dim, hidden=...)`` builds the encoder in place of
+    :class:`~guides.AmortizedGaussian`. Each step runs compiled where it can (fit's default).
+    ``progress``: as :func:`~inference.fit`'s (a string labels the bar)."""
     with seeded(seed):
         model = setup.make_model(x.shape[1])
-        guide = AmortizedGaussian(x.shape[1], LATENT_DIM, hidden=setup.encoder_hidden)
+        family = guide_family or AmortizedGaussian
+        guide = family(x.shape[1], LATENT_DIM, hidden=setup.encoder_hidden)
     fit(
         model,
         guide,
@@ -397,6 +400,15 @@ CORRELATED_FULL_COVARIANCE = _Setup(
     lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,), covariance="full"),
     _ml_gaussians("full"),
 )
+CORRELATED_DIAGONAL = _Setup(
+    "1c",
+    "correlated Gaussian, diagonal decoder",
+    "correlated-gaussian",
+    "Gaussian MLP, diagonal",
+    False,
+    lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,)),
+    _ml_gaussians("diagonal", "full"),
+)
 DIGITS_AUTOREGRESSIVE = _Setup(
     "4b",
     "binarised digits, autoregressive decoder",
@@ -419,15 +431,7 @@ GAUSSIAN_DECODER_ROWS = (
         _ml_gaussians("diagonal", "full"),
     ),
     CORRELATED_FULL_COVARIANCE,
-    _Setup(
-        "1c",
-        "correlated Gaussian, diagonal decoder",
-        "correlated-gaussian",
-        "Gaussian MLP, diagonal",
-        False,
-        lambda d: GaussianVAE(d, LATENT_DIM, hidden=(64,)),
-        _ml_gaussians("diagonal", "full"),
-    ),
+    CORRELATED_DIAGONAL,
 )
 LINEAR_DECODER_ROWS = (
     _Setup(
@@ -482,6 +486,27 @@ BINARY_ROWS = (
     ),
     DIGITS_AUTOREGRESSIVE,
 )
+
+
+def collapse_setups() -> list[_Setup]:
+    """Every row of every experiment, in the order they run and print."""
+    return [setup for experiment in EXPERIMENTS for setup in _ROWS_OF[experiment]]
+
+
+def run_row(key: str, budget: Budget, seed: int, progress: bool = False) -> ExperimentResult:
+    """The row called ``key`` (:func:`setup_of`), trained and measured as
+    :func:`run_collapse` does: a job a worker process can run by name."""
+    return _run(setup_of(key), budget, seed, progress)
+
+
+def setup_of(key: str) -> _Setup:
+    """The row called ``key`` ("1a" ... "4b"); a ValueError naming the keys otherwise."""
+    setups = {setup.key: setup for setup in collapse_setups()}
+    if key not in setups:
+        raise ValueError(f"unknown case {key!r}; known: {', '.join(setups)}")
+    return setups[key]
+
+
 _ROWS_OF = {
     powerful_gaussian_decoders: GAUSSIAN_DECODER_ROWS,
     linear_decoder: LINEAR_DECODER_ROWS,

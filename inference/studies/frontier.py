@@ -14,7 +14,8 @@ import json
 import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from inference._validate import check_data, check_positive_int, check_seed
 from inference.estimators.bounds import iw_log_marginal
 from inference.estimators.diagnostics import diagnose
 from inference.training.train import fit
+
+if TYPE_CHECKING:
+    from inference.studies.remedies import Remedy
 
 LINEAR_NOISE_SCALE = 0.5  # sigma of the built-in linear sweep: beta sigma^2 crosses its spectrum
 
@@ -39,6 +43,7 @@ class FrontierRow:
     iw_stderr: float
     exact: float | None
     active_units: int
+    remedy: str = ""  # the remedy a row was trained with (then beta is 1); "" in a sweep
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class RateDistortion:
     rows: tuple[FrontierRow, ...]
     num_data: int
     num_samples: int
+    remedies: tuple[FrontierRow, ...] = ()  # the same pair trained with each remedy, beta 1
 
     @property
     def best_elbo(self) -> float:
@@ -59,19 +65,21 @@ class RateDistortion:
             "num_samples": self.num_samples,
             "best_elbo": self.best_elbo,
             "rows": [asdict(row) for row in self.rows],
+            "remedies": [asdict(row) for row in self.remedies],
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     def __str__(self) -> str:
-        header = f"{'beta':>7}{'rate':>9}{'distortion':>12}{'ELBO':>10}{'IW_K':>10}"
+        header = f"{'beta':>20}{'rate':>9}{'distortion':>12}{'ELBO':>10}{'IW_K':>10}"
         header += f"{'stderr':>8}{'exact':>10}{'active':>8}"
         lines = [header]
-        for row in self.rows:
+        for row in (*self.rows, *self.remedies):
             exact = "-" if row.exact is None else f"{row.exact:.3f}"
+            first = row.remedy or f"{row.beta:.3g}"
             lines.append(
-                f"{row.beta:>7.3g}{row.rate:>9.3f}{row.distortion:>12.3f}{row.elbo:>10.3f}"
+                f"{first:>20}{row.rate:>9.3f}{row.distortion:>12.3f}{row.elbo:>10.3f}"
                 f"{row.iw:>10.3f}{row.iw_stderr:>8.3f}{exact:>10}{row.active_units:>8}"
             )
         lines.append(f"(nats per data point, N={self.num_data}, K={self.num_samples})")
@@ -160,6 +168,40 @@ def rate_distortion(
         )
         rows.append(_frontier_row(beta, model, guide, x_eval, num_samples, seed))
     return RateDistortion(tuple(rows), x_eval.shape[0], num_samples)
+
+
+def with_remedies(
+    table: RateDistortion,
+    make_model: Callable[[], Callable],
+    make_guide: Callable[[Callable, Callable | None], Callable],
+    data: torch.Tensor,
+    *,
+    remedies: Sequence[Remedy],
+    steps: int,
+    seed: int,
+    progress: bool | str = False,
+    announce: Callable[[str], object] | None = None,
+    **fit_options: object,
+) -> RateDistortion:
+    """``table`` with a row per remedy: the pair trained as the sweep trained its beta = 1
+    pair, from the same initial parameters, with the remedy's options for fit and, where it
+    has one, its guide family (``make_guide(model, family)``; family None for the sweep's
+    own), measured on the same points."""
+    x_eval = data[: table.num_data]
+    rows = []
+    for index, remedy in enumerate(remedies):
+        if announce is not None:
+            announce(f"remedy {remedy.name} ({index + 1} of {len(remedies)})")
+        with seeded(seed):
+            model = make_model()
+            guide = make_guide(model, remedy.guide_family)
+        label = f"{progress}, {remedy.name}" if isinstance(progress, str) else remedy.name
+        options = {**fit_options, **remedy.fit_options(steps)}
+        fit(model, guide, data, steps=steps, seed=seed, progress=label if progress else False,
+            **options)  # fmt: skip
+        row = _frontier_row(1.0, model, guide, x_eval, table.num_samples, seed)
+        rows.append(replace(row, remedy=remedy.name))
+    return replace(table, remedies=tuple(rows))
 
 
 def _check_factory(name: str, factory: object, builds: str) -> None:
@@ -263,58 +305,3 @@ def linear_beta_optimum(
     eigenvalues = torch.linalg.eigvalsh(centered.T @ centered / x.shape[0]).flip(0)  # descending
     shrunk = eigenvalues[:latent_dim] - beta * noise_scale**2
     return LinearBetaOptimum(eigenvalues, int((shrunk > 0).sum()), shrunk.clamp_min(0))
-
-
-def built_in_sweeps(
-    quick: bool = False,
-    seed: int = 0,
-    progress: bool = True,
-    announce: Callable[[str], object] | None = None,
-) -> dict[str, RateDistortion]:
-    """The sweeps of ``lvm frontier``, on correlated Gaussian data (D = 8):
-
-    - probabilistic PCA with its noise held at sigma = 0.5 and a linear encoder, whose optimum
-      :func:`linear_beta_optimum` gives in closed form (full-batch training);
-    - the full-covariance Gaussian VAE, powerful for these data: the ELBO's optimum ignores
-      z, and beta < 1 forces it into use.
-
-    ``quick``: a smoke test (three betas, short training) that checks the pipeline runs; its
-    figures need not show the full sweep's conclusions. ``announce`` is called with each
-    sweep's header (``"sweep 1 of 2: pPCA, noise fixed (linear oracle)"``) and each beta's
-    line (see :func:`rate_distortion`).
-    """
-    from guides import AmortizedGaussian
-    from lvm_models import GaussianVAE, LinearGaussian, datasets
-
-    x = datasets.correlated_gaussian(num_data=1000 if quick else 2000, seed=seed).x
-    data_dim = x.shape[1]
-    betas = (0.25, 1.0, 4.0) if quick else (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-    common = {"betas": betas, "seed": seed, "eval_points": 256, "announce": announce}
-    common["num_samples"] = 100 if quick else 1000
-    names = ("pPCA, noise fixed (linear oracle)", "full-covariance Gaussian VAE")
-
-    def section(index: int) -> str | bool:
-        """Announce sweep ``index``; its bars' label."""
-        if announce is not None:
-            announce(f"sweep {index + 1} of {len(names)}: {names[index]}")
-        return names[index].split(",")[0] if progress else False
-
-    linear = rate_distortion(
-        lambda: LinearGaussian(data_dim, 4, noise="isotropic", fixed_noise=LINEAR_NOISE_SCALE),
-        lambda model: AmortizedGaussian(data_dim, 4, hidden=()),
-        x,
-        steps=1000 if quick else 4000,
-        lr=3e-3,
-        progress=section(0),
-        **common,
-    )
-    vae = rate_distortion(
-        lambda: GaussianVAE(data_dim, 2, hidden=(64,), covariance="full"),
-        lambda model: AmortizedGaussian(data_dim, 2, hidden=(64,)),
-        x,
-        steps=800 if quick else 3000,
-        batch_size=64,
-        progress=section(1),
-        **common,
-    )
-    return dict(zip(names, (linear, vae)))

@@ -215,7 +215,17 @@ def rate_distortion_figure(tables: dict[str, RateDistortion]) -> Figure:
         distortions = [row.distortion for row in table.rows]
         ax.plot(rates, distortions, "o-", color=color, label=name)
         points += [(row.rate, row.distortion, row.beta, color) for row in table.rows]
-        span = [0.0, max(rates) * 1.05]
+        if table.remedies:
+            ax.plot(
+                [row.rate for row in table.remedies],
+                [row.distortion for row in table.remedies],
+                "*",
+                color=color,
+                markersize=10,
+                label=f"{name}: other remedies (β = 1)",
+            )
+            points += [(row.rate, row.distortion, row.remedy, color) for row in table.remedies]
+        span = [0.0, max(rates + [row.rate for row in table.remedies]) * 1.05]
         ax.plot(
             span,
             [-table.best_elbo - r for r in span],
@@ -237,8 +247,15 @@ def plot_log_px_against_rate(tables: dict[str, RateDistortion], path: Path) -> P
 
 
 def log_px_against_rate_figure(tables: dict[str, RateDistortion]) -> Figure:
-    """Colour says the sweep, the marker the quantity; every IW point labelled with its beta."""
-    figure, ax = plt.subplots(figsize=(8, 6), layout="constrained")
+    """Colour says the sweep, the marker the quantity; every IW point labelled with its beta.
+    Where a sweep has remedies (stars), a second panel zooms in on them, labelled."""
+    with_remedies = {name: t for name, t in tables.items() if t.remedies}
+    if with_remedies:
+        figure, (ax, side) = plt.subplots(
+            1, 2, figsize=(13, 6), width_ratios=(3, 2), layout="constrained"
+        )
+    else:
+        figure, ax = plt.subplots(figsize=(8, 6), layout="constrained")
     points, handles = [], []
     for (name, table), color in zip(tables.items(), _color_cycle(len(tables))):
         rates = [row.rate for row in table.rows]
@@ -255,18 +272,55 @@ def log_px_against_rate_figure(tables: dict[str, RateDistortion]) -> Figure:
         if exact:
             ax.plot(*zip(*exact), "x", color=color, markersize=9)
         points += [(row.rate, row.iw, row.beta, color) for row in table.rows]
+        if table.remedies:
+            ax.plot(
+                [row.rate for row in table.remedies],
+                [row.iw for row in table.remedies],
+                "*",
+                color=color,
+                markersize=10,
+            )
         handles.append(Line2D([], [], color=color, label=name))
     handles += [
         Line2D([], [], marker="o", color="black", label="IW_K log p(x), 2 s.e."),
         Line2D([], [], marker="s", linestyle=":", color="black", label="ELBO"),
         Line2D([], [], marker="x", linestyle="", color="black", label="exact log p(x)"),
     ]
+    if with_remedies:
+        handles.append(
+            Line2D([], [], marker="*", linestyle="", color="black", label="other remedies (right)")
+        )
     ax.legend(handles=handles, fontsize=8, loc="lower left")
     ax.set_xlabel("rate R = KL(q(z|x) || p(z)), nats per point")
     ax.set_ylabel("nats per data point")
     _label_betas(ax, points)
+    if with_remedies:
+        _remedies_panel(side, with_remedies, dict(zip(tables, _color_cycle(len(tables)))))
     figure.suptitle(_log_px_finding(tables), fontsize=10)
     return figure
+
+
+def _remedies_panel(ax: Axes, tables: dict[str, RateDistortion], colors: dict[str, str]) -> None:
+    """Each remedy's log p(x) (exact where known, else IW_K with 2 s.e.) against its rate,
+    labelled, beside the plain ELBO's (beta = 1) as a dashed line."""
+    points = []
+    for name, table in tables.items():
+        color = colors[name]
+        plain = next((row for row in table.rows if row.beta == 1.0), None)
+        if plain is not None:
+            level = plain.exact if plain.exact is not None else plain.iw
+            ax.axhline(level, color=color, linestyle="--", linewidth=1)
+            points.append((plain.rate, level, "plain ELBO (β = 1)", color))
+            ax.plot([plain.rate], [level], "o", color=color)
+        for row in table.remedies:
+            value = row.exact if row.exact is not None else row.iw
+            error = 0.0 if row.exact is not None else 2 * _finite(row.iw_stderr)
+            ax.errorbar([row.rate], [value], yerr=[error], fmt="*", color=color, markersize=11)
+            points.append((row.rate, value, row.remedy, color))
+    ax.set_xlabel("rate R, nats per point")
+    ax.set_ylabel("log p(x) (exact where known), nats per point")
+    ax.set_title("the other remedies, at β = 1", fontsize=9)
+    _label_betas(ax, points)
 
 
 def plot_sandwich(curve: SandwichCurve, path: Path, label: str) -> Path:
@@ -432,11 +486,11 @@ def _sandwich_finding(curve: SandwichCurve) -> str:
     return finding
 
 
-def _label_betas(ax: Axes, points: list[tuple[float, float, float, str]]) -> None:
-    """Write "β=..." next to each (x, y, beta, colour) point, at the first of a few offsets
-    where it covers no other label, no marker of any line and not the legend (else where it
-    covers least); points of one colour closer than a label's height share one label
-    ("β=1, 2, 4")."""
+def _label_betas(ax: Axes, points: list[tuple[float, float, float | str, str]]) -> None:
+    """Write "β=..." next to each (x, y, beta, colour) point (a remedy's name where a string
+    stands for beta), at the first of a few offsets where it covers no other label, no marker
+    of any line and not the legend (else where it covers least); points of one colour and
+    kind closer than a label's height share one label ("β=1, 2, 4")."""
     figure = ax.figure
     figure.canvas.draw()  # the final layout and limits, in which the labels are placed
     renderer = figure.canvas.get_renderer()
@@ -450,6 +504,7 @@ def _label_betas(ax: Axes, points: list[tuple[float, float, float, str]]) -> Non
                 for group in groups
                 for member in group
                 if points[member][3] == color
+                and isinstance(points[member][2], str) == isinstance(points[index][2], str)
             ),
             default=(math.inf, None),
             key=lambda candidate: candidate[0],
@@ -469,7 +524,7 @@ def _label_betas(ax: Axes, points: list[tuple[float, float, float, str]]) -> Non
     frame = ax.get_window_extent(renderer)
     for group in groups:
         x, y, _, color = points[group[0]]
-        text = "β=" + ", ".join(f"{beta:g}" for beta in sorted(points[i][2] for i in group))
+        text = _label_text([points[i][2] for i in group])
         placed = []
         for dx, dy, ha, va in _LABEL_OFFSETS:
             label = ax.annotate(
@@ -495,6 +550,14 @@ def _label_betas(ax: Axes, points: list[tuple[float, float, float, str]]) -> Non
             if label is not best[1]:
                 label.remove()
         obstacles.append(best[2])
+
+
+def _label_text(values: list[float | str]) -> str:
+    """ "β=0.5, 1" for betas; the names, one per line, for remedies."""
+    names = [value for value in values if isinstance(value, str)]
+    if names:
+        return "\n".join(names)
+    return "β=" + ", ".join(f"{beta:g}" for beta in sorted(float(value) for value in values))
 
 
 def _overlap(a: Bbox, b: Bbox) -> float:

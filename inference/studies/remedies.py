@@ -1,4 +1,6 @@
-"""The remedies for posterior collapse, priced in nats: beta < 1, KL warm-up and free bits.
+"""The remedies for posterior collapse, priced in nats: beta < 1, KL warm-up, cyclical KL
+annealing, free bits, aggressive encoder training, a committed rate (delta-VAE), batch-normalised
+means (BN-VAE) and the importance-weighted bound with DReG gradients.
 
 On a decoder that is powerful for its data the ELBO's optimum ignores the latent. Each remedy
 changes the objective to force the latent into use; :func:`price_remedies` trains the powerful
@@ -20,24 +22,37 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from guides import BatchNormGaussian, CommittedRateGaussian
 from inference._programs import checked_inputs
 from inference._validate import check_per_point
 from inference.estimators.bounds import ImportanceEstimate, iw_log_marginal
 from inference.estimators.diagnostics import diagnose
 from inference.studies.experiments import (
+    CORRELATED_DIAGONAL,
     CORRELATED_FULL_COVARIANCE,
     DIGITS_AUTOREGRESSIVE,
     Budget,
     ExperimentResult,
-    _Setup,
+    collapse_setups,
     exact_or_reason,
     experiment_data,
+    run_collapse,
+    run_row,
+    setup_of,
     train_pair,
 )
+from inference.studies.pool import Job, run_jobs
+from inference.training.schedules import CyclicalAnnealing
 
 FREE_BITS = 1.0  # nats per latent dimension
 SMALL_BETA = 0.2
-REMEDY_CASES = (CORRELATED_FULL_COVARIANCE, DIGITS_AUTOREGRESSIVE)  # the powerful cases
+CYCLES, CYCLE_RATIO = 4, 0.5  # the reference's defaults (Fu et al., 2019)
+COMMITTED_RATE = 0.5  # delta-VAE: nats per latent dimension
+BATCH_NORM_GAMMA = 1.0  # BN-VAE: an expected KL of at least gamma^2 / 2 nats per dimension
+IWAE_PARTICLES = 5
+# The two powerful cases, and one that is not: there the latent is used without a remedy.
+REMEDY_CASES = (CORRELATED_FULL_COVARIANCE, DIGITS_AUTOREGRESSIVE, CORRELATED_DIAGONAL)
+REMEDIES_ANNOUNCEMENT = "Remedies for collapse: rate gained, log p(x) lost"
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,26 @@ class LogPxChange:
     iw: ImportanceEstimate
     iw_gap: float | None
     note: str
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A pair's log p(x) at points x: the exact values (N,) or None and why there are none
+    (``note``), and its IW_K."""
+
+    x: torch.Tensor
+    exact: torch.Tensor | None
+    note: str
+    iw: ImportanceEstimate
+
+
+def measure_log_px(
+    model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, seed: int | None
+) -> Measured:
+    """The exact log p(x) where the oracle certifies it, and IW_K, at the points x."""
+    exact, note = exact_or_reason(model, x)
+    iw = iw_log_marginal(model, guide, x, num_samples=num_samples, seed=seed)
+    return Measured(x, exact, note, iw)
 
 
 def log_px_change(
@@ -100,15 +135,26 @@ def log_px_change(
         )
     if baseline_exact is not None:
         check_per_point("baseline_exact", baseline_exact, num_data)
-    exact, note = exact_or_reason(model, x)
+    measured = measure_log_px(model, guide, x, num_samples, seed)
+    return change_from(measured, baseline=baseline, baseline_exact=baseline_exact, seed=seed)
+
+
+def change_from(
+    measured: Measured,
+    *,
+    baseline: tuple[Callable, Callable],
+    baseline_exact: torch.Tensor | None,
+    seed: int | None,
+) -> LogPxChange:
+    """:func:`log_px_change` of a pair already measured (:func:`measure_log_px`)."""
+    x, exact, note, iw = measured.x, measured.exact, measured.note, measured.iw
     if exact is not None and baseline_exact is None:
         baseline_exact, baseline_note = exact_or_reason(baseline[0], x)
         note = f"baseline: {baseline_note}" if baseline_exact is None else ""
-    iw = iw_log_marginal(model, guide, x, num_samples=num_samples, seed=seed)
     if exact is not None and baseline_exact is not None:
         priced_by, values, baseline_values = "exact", exact, baseline_exact
     else:
-        baseline_iw = iw_log_marginal(*baseline, x, num_samples=num_samples, seed=seed)
+        baseline_iw = iw_log_marginal(*baseline, x, num_samples=iw.num_samples, seed=seed)
         priced_by, values, baseline_values = "iw", iw.per_point, baseline_iw.per_point
     difference = values.double() - baseline_values.double()  # (N,)
     exact_mean = None if exact is None else exact.double().mean().item()
@@ -116,7 +162,7 @@ def log_px_change(
         priced_by=priced_by,
         per_point=difference,
         mean=difference.mean().item(),
-        stderr=(difference.std() / math.sqrt(num_data)).item(),
+        stderr=(difference.std() / math.sqrt(len(difference))).item(),
         log_px=values.double().mean().item(),
         exact=exact_mean,
         iw=iw,
@@ -166,14 +212,59 @@ class RemedyResult:
         return asdict(self)
 
 
-def remedy_options(budget: Budget) -> dict[str, dict[str, float]]:
-    """The remedies tried: a small beta, a linear KL warm-up over half the steps (Bowman et
-    al., 2016), and free bits (Kingma et al., 2016)."""
-    return {
-        f"beta = {SMALL_BETA}": {"beta": SMALL_BETA},
-        "KL warm-up": {"kl_warmup_steps": budget.steps // 2},
-        f"free bits {FREE_BITS:g} nat": {"free_bits": FREE_BITS},
-    }
+@dataclass(frozen=True)
+class Remedy:
+    """A remedy as lvm collapse and lvm frontier train it: the options it gives
+    :func:`~inference.fit` (``fit_options(steps)``, steps the run's), or the encoder family
+    it trains in place of :class:`~guides.AmortizedGaussian`
+    (``guide_family(data_dim, latent_dim, hidden=...)``), or both."""
+
+    name: str
+    fit_options: Callable[[int], dict[str, object]] = lambda steps: {}
+    guide_family: Callable[..., torch.nn.Module] | None = None
+
+
+def _committed_rate(data_dim: int, latent_dim: int, hidden: tuple[int, ...]) -> torch.nn.Module:
+    return CommittedRateGaussian(data_dim, latent_dim, delta=COMMITTED_RATE, hidden=hidden)
+
+
+def _batch_normalised(data_dim: int, latent_dim: int, hidden: tuple[int, ...]) -> torch.nn.Module:
+    return BatchNormGaussian(data_dim, latent_dim, gamma=BATCH_NORM_GAMMA, hidden=hidden)
+
+
+REMEDIES = (
+    Remedy(f"beta = {SMALL_BETA}", lambda steps: {"beta": SMALL_BETA}),
+    Remedy("KL warm-up", lambda steps: {"kl_warmup_steps": steps // 2}),
+    Remedy(
+        "cyclical KL",
+        lambda steps: {"kl_schedule": CyclicalAnnealing(cycles=CYCLES, ratio=CYCLE_RATIO)},
+    ),
+    Remedy(f"free bits {FREE_BITS:g} nat", lambda steps: {"free_bits": FREE_BITS}),
+    Remedy("aggressive", lambda steps: {"aggressive": True}),
+    Remedy(f"delta-VAE {COMMITTED_RATE:g} nat", guide_family=_committed_rate),
+    Remedy(f"BN-VAE gamma {BATCH_NORM_GAMMA:g}", guide_family=_batch_normalised),
+    Remedy(
+        f"IWAE-DReG K={IWAE_PARTICLES}",
+        lambda steps: {"objective": "iwae", "num_particles": IWAE_PARTICLES, "gradient": "dreg"},
+    ),
+)
+
+
+def remedy_named(name: str) -> Remedy:
+    """The remedy of :data:`REMEDIES` called ``name``; a ValueError naming them otherwise."""
+    for remedy in REMEDIES:
+        if remedy.name == name:
+            return remedy
+    raise ValueError(f"unknown remedy {name!r}; known: {', '.join(r.name for r in REMEDIES)}")
+
+
+def remedy_jobs(budget: Budget, seed: int) -> list[Job]:
+    """Every remedy on every case of :data:`REMEDY_CASES`, as jobs of :func:`measure_remedy`."""
+    return [
+        Job(f"{setup.key}, {remedy.name}", measure_remedy, (setup.key, remedy.name, budget, seed))
+        for setup in REMEDY_CASES
+        for remedy in REMEDIES
+    ]
 
 
 def price_remedies(
@@ -182,13 +273,17 @@ def price_remedies(
     seed: int = 0,
     progress: bool = True,
     announce: Callable[[str], object] | None = None,
+    measured: list[MeasuredRemedy] | None = None,
 ) -> list[RemedyResult]:
-    """Every remedy on every powerful case, priced against its row in ``plain`` (which must
-    hold its trained pair, as :func:`~inference.studies.experiments.run_collapse` leaves it).
+    """Every remedy on every case of :data:`REMEDY_CASES`, priced against its row in
+    ``plain`` (which must hold its trained pair, as
+    :func:`~inference.studies.experiments.run_collapse` leaves it).
 
     :param progress: a progress bar per remedy, labelled with the case and the remedy.
-    :param announce: called with a line before each remedy is trained (``"remedy 2 of 6: 1b,
-        KL warm-up"``), e.g. ``print``; None: silent.
+    :param announce: called with a line before each remedy is trained (``"remedy 2 of 24:
+        1b, KL warm-up"``), e.g. ``print``; None: silent.
+    :param measured: the remedies already trained and measured (:func:`remedy_jobs`, run
+        elsewhere, e.g. in worker processes), in that order; None trains them here.
     """
     by_key = {result.key: result for result in plain}
     for setup in REMEDY_CASES:
@@ -197,51 +292,99 @@ def price_remedies(
                 f"plain must hold case {setup.key}'s trained pair (as run_collapse returns it); "
                 f"got cases {sorted(key for key, row in by_key.items() if row.model is not None)}"
             )
-    runs = [
-        (setup, name, options)
-        for setup in REMEDY_CASES
-        for name, options in remedy_options(budget).items()
-    ]
-    results = []
-    for setup, name, options in runs:
-        label = f"{setup.key}, {name}"
-        if announce is not None:
-            announce(f"remedy {len(results) + 1} of {len(runs)}: {label}")
-        bar = label if progress else False
-        results.append(_price(setup, name, options, by_key[setup.key], budget, seed, bar))
-    return results
+    jobs = remedy_jobs(budget, seed)
+    if measured is None:
+        measured = []
+        for index, job in enumerate(jobs):
+            if announce is not None:
+                announce(f"remedy {index + 1} of {len(jobs)}: {job.label}")
+            bar = job.label if progress else False
+            measured.append(measure_remedy(*job.arguments, progress=bar))
+    return [_priced(one, by_key[one.case], seed) for one in measured]
 
 
-def _price(
-    setup: _Setup,
-    name: str,
-    options: dict[str, float],
-    plain: ExperimentResult,
+def collapse_study(
     budget: Budget,
-    seed: int,
-    progress: bool | str,
-) -> RemedyResult:
+    seed: int = 0,
+    progress: bool = True,
+    announce: Callable[[str], object] | None = None,
+    workers: int = 1,
+    threads: int = 1,
+) -> tuple[list[ExperimentResult], list[RemedyResult]]:
+    """The rows of :func:`~inference.studies.experiments.run_collapse` and the remedies of
+    :func:`price_remedies`: here, in order, with ``workers`` 1; otherwise every row and remedy
+    as a job of :func:`~inference.studies.pool.run_jobs` in ``workers`` processes of
+    ``threads`` threads each, with no progress bars. Every run seeds itself, so the numbers
+    are the same either way."""
+    if workers <= 1:
+        rows = run_collapse(budget, seed, progress, announce)
+        if announce is not None:
+            announce(REMEDIES_ANNOUNCEMENT)
+        return rows, price_remedies(rows, budget, seed, progress, announce)
+    row_jobs = [Job(setup.label, run_row, (setup.key, budget, seed)) for setup in collapse_setups()]
+    done = run_jobs([*row_jobs, *remedy_jobs(budget, seed)], workers, threads, announce)
+    rows, measured = done[: len(row_jobs)], done[len(row_jobs) :]
+    return rows, price_remedies(rows, budget, seed, measured=measured)
+
+
+@dataclass(frozen=True)
+class MeasuredRemedy:
+    """A remedy's trained pair measured on its case's evaluation points, before pricing."""
+
+    case: str
+    remedy: str
+    rate: float
+    active_units: int
+    elbo: float
+    measured: Measured
+    seconds: float
+
+
+def measure_remedy(
+    case: str, name: str, budget: Budget, seed: int, progress: bool | str = False
+) -> MeasuredRemedy:
+    """Train case ``case`` with remedy ``name`` and measure rate, ELBO, active units, exact
+    log p(x) and IW_K (K the case's largest, ``budget.num_samples[-1]``)."""
     start = time.perf_counter()
+    setup, remedy = setup_of(case), remedy_named(name)
     x, x_eval = experiment_data(setup, budget, seed)
-    model, guide = train_pair(setup, x, budget, seed, progress, **options)
+    model, guide = train_pair(
+        setup,
+        x,
+        budget,
+        seed,
+        progress,
+        guide_family=remedy.guide_family,
+        **remedy.fit_options(budget.steps),
+    )
     diagnosis = diagnose(model, guide, x_eval, with_exact=False, seed=seed)
-    change = log_px_change(
-        model,
-        guide,
-        x_eval,
+    measured = measure_log_px(model, guide, x_eval, max(budget.num_samples), seed)
+    return MeasuredRemedy(
+        case,
+        name,
+        diagnosis.rate,
+        diagnosis.active_units,
+        diagnosis.elbo,
+        measured,
+        time.perf_counter() - start,
+    )
+
+
+def _priced(one: MeasuredRemedy, plain: ExperimentResult, seed: int) -> RemedyResult:
+    change = change_from(
+        one.measured,
         baseline=(plain.model, plain.guide),
-        num_samples=plain.largest_k,
         baseline_exact=plain.exact_per_point,
         seed=seed,
     )
     return RemedyResult(
-        case=setup.key,
-        remedy=name,
-        rate=diagnosis.rate,
-        rate_gained=diagnosis.rate - plain.diagnosis.rate,
-        active_units=diagnosis.active_units,
-        elbo=diagnosis.elbo,
-        elbo_change=diagnosis.elbo - plain.diagnosis.elbo,
+        case=one.case,
+        remedy=one.remedy,
+        rate=one.rate,
+        rate_gained=one.rate - plain.diagnosis.rate,
+        active_units=one.active_units,
+        elbo=one.elbo,
+        elbo_change=one.elbo - plain.diagnosis.elbo,
         priced_by=change.priced_by,
         log_px=change.log_px,
         exact=change.exact,
@@ -252,7 +395,7 @@ def _price(
         log_px_change=change.mean,
         log_px_change_stderr=change.stderr,
         note=change.note,
-        seconds=time.perf_counter() - start,
+        seconds=one.seconds,
     )
 
 
@@ -262,14 +405,14 @@ def format_remedies(results: list[RemedyResult]) -> str:
     num_samples = {row.iw_num_samples for row in results}
     iw_label = f"IW_{num_samples.pop()}" if len(num_samples) == 1 else "IW_K"
     lines = [
-        f"{'case':<5}{'remedy':<17}{'rate':>7}{'gained':>8}{'active':>7}{'ELBO':>9}"
+        f"{'case':<5}{'remedy':<19}{'rate':>7}{'gained':>8}{'active':>7}{'ELBO':>9}"
         f"{'change':>8}{'log p(x)':>10}{'change':>8}{'± stderr':>9}{iw_label:>10}{'IW gap':>8}"
     ]
     for row in results:
         star = "*" if row.priced_by == "iw" else " "
         gap = "-" if row.iw_gap is None else f"{row.iw_gap:.3f}"
         lines.append(
-            f"{row.case:<5}{row.remedy:<17}{row.rate:>7.3f}{row.rate_gained:>+8.3f}"
+            f"{row.case:<5}{row.remedy:<19}{row.rate:>7.3f}{row.rate_gained:>+8.3f}"
             f"{row.active_units:>7}{row.elbo:>9.3f}{row.elbo_change:>+8.3f}"
             f"{row.log_px:>9.3f}{star}{row.log_px_change:>+8.3f}{row.log_px_change_stderr:>9.4f}"
             f"{row.iw:>10.3f}{gap:>8}"

@@ -339,10 +339,13 @@ def restore_state(state: TrainingState, run: LiveRun) -> None:
     :raises CheckpointError: when the parameters or the training options differ.
     """
     check_same_parameters(state, run.parameters)
+    # Both ways: an option only recorded where it departs from the default (IWAE's DReG
+    # gradient, aggressive training) must also be refused when the resumption drops it.
+    now = plain(run.options)
     differing = {
-        name: {"checkpoint": state.options.get(name), "now": value}
-        for name, value in plain(run.options).items()
-        if state.options.get(name) != value
+        name: {"checkpoint": state.options.get(name), "now": now.get(name)}
+        for name in dict.fromkeys([*state.options, *now])
+        if state.options.get(name) != now.get(name)
     }
     if differing:
         raise CheckpointError(

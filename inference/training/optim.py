@@ -41,7 +41,15 @@ class MultiTensorAdam(PyroOptim):
         self._optimizer: torch.optim.Adam | None = None
         self._known: set[torch.Tensor] = set()
 
-    def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
+    def __call__(
+        self,
+        params: Iterable[torch.Tensor],
+        *args: Any,
+        clock: Iterable[torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Step ``params``; ``lr_factor``'s step is the most steps any of ``clock`` (default:
+        ``params``) has taken, so a caller stepping a subset can keep one schedule."""
         params = list(params)
         self._register([p for p in params if p not in self._known])
         if self._optimizer is None:
@@ -50,14 +58,16 @@ class MultiTensorAdam(PyroOptim):
         for param in self._known.difference(params):
             param.grad = None
         if self.lr_factor is not None:
-            lr = self.pt_optim_args["lr"] * self.lr_factor(self._steps_taken(params))
+            taken = self._steps_taken(params if clock is None else list(clock))
+            lr = self.pt_optim_args["lr"] * self.lr_factor(taken)
             for group in self._optimizer.param_groups:
                 group["lr"] = lr
         self._optimizer.step()
 
     def _steps_taken(self, params: list[torch.Tensor]) -> int:
         state = self._optimizer.state
-        return max((int(state[p]["step"]) for p in params if "step" in state[p]), default=0)
+        steps = (state.get(p, {}).get("step") for p in params)  # get: adds no empty state
+        return max((int(step) for step in steps if step is not None), default=0)
 
     def _register(self, new: list[torch.Tensor]) -> None:
         if not new:

@@ -44,6 +44,7 @@ from inference._programs import (
 )
 from inference._validate import check_finite_number, check_positive_int, check_seed, is_int_at_least
 from inference.estimators.diagnostics import rate_and_distortion_of
+from inference.training.aggressive import AggressiveSteps, AggressiveTraining, aggressive_of
 from inference.training.checkpoint import (
     Checkpointer,
     LiveRun,
@@ -82,6 +83,10 @@ class History:
     and ``distortion[j]`` belong to step ``logged_steps[j]``: the KL weight in force, and the
     rate KL(q(z given x) || p(z)) and distortion -E_q log p(x given z) of that step's
     minibatch at the parameters after the step (nats per point, one draw of z).
+
+    With aggressive training (:mod:`inference.training.aggressive`), ``encoder_steps[i]`` is
+    the number of encoder-only steps before step i (while the phase lasted), and
+    ``mutual_info[j]`` the estimate of I_q(x; z) after step ``mutual_info_steps[j]``.
     """
 
     steps: tuple[int, ...]
@@ -90,6 +95,9 @@ class History:
     beta: tuple[float, ...] = ()
     rate: tuple[float, ...] = ()
     distortion: tuple[float, ...] = ()
+    encoder_steps: tuple[int, ...] = ()
+    mutual_info_steps: tuple[int, ...] = ()
+    mutual_info: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, list]:
         return {name: list(values) for name, values in asdict(self).items()}
@@ -142,6 +150,7 @@ def fit(
     enumerate: bool | None = None,
     kl_schedule: KLSchedule | None = None,
     gradient: str = "plain",
+    aggressive: bool | AggressiveTraining = False,
 ) -> FitResult:
     """Fit ``model`` and ``guide`` to ``data`` by maximising a variational bound with ``SVI``.
 
@@ -177,6 +186,10 @@ def fit(
     - ``gradient="dreg"`` with ``objective="iwae"`` trains the guide with the doubly
       reparameterised gradient (Tucker et al., 2019), whose signal-to-noise ratio does not
       fall as K grows (:class:`~inference.training.objectives.IWAE`).
+    - ``aggressive`` (True, or an :class:`~inference.training.aggressive.AggressiveTraining`)
+      trains the encoder alone before each step until it stops improving, as long as the
+      mutual information I_q(x; z) rises (He et al., 2019); it changes the order of the
+      updates, not the objective.
     - ``free_bits`` = lambda > 0 replaces the KL term by ``N sum_j max(lambda, KL_j)``, KL_j
       the analytic KL of latent dimension j averaged over the minibatch (Kingma et al.,
       2016); it needs factorised Gaussian latent sites in model and guide (``Normal`` or
@@ -247,6 +260,8 @@ def fit(
     :param gradient: the estimator of the IWAE bound's gradient, ``"plain"`` (default) or
         ``"dreg"`` (needs ``objective="iwae"``); see
         :class:`~inference.training.objectives.IWAE`.
+    :param aggressive: aggressive inference-network training
+        (:mod:`inference.training.aggressive`): True for its defaults, or its settings.
     :returns: a :class:`FitResult`. The loss of a step is the negative (beta-weighted) bound
         of its minibatch, times N / B, divided by N: nats per data point, evaluated before
         that step's update.
@@ -260,6 +275,7 @@ def fit(
         jit=jit,
         enumerate=enumerate,
         gradient=gradient,
+        aggressive=aggressive,
         beta=beta,
         kl_warmup_steps=kl_warmup_steps,
         kl_schedule=kl_schedule,
@@ -285,12 +301,13 @@ def fit(
     resumable = options.resume_options(objective, info, optimizer, inputs)
     run = LiveRun(trained, optimizer, batches.generator, resumable, inputs.x.device)
     record = _Recorder(model, guide, info, options.log_every, checkpoints.resume(resume, run))
+    steps = _steps_of(options, svi, objective, batches, model, guide, inputs, info, trained, record)
     first_step, start = len(record.losses), time.perf_counter()
     bar = _Progress(record.losses, options.steps, progress, objective.name)
     for step in bar:
         batch = batches.draw()
         kl_weight = options.kl_schedule(step, options.steps)
-        loss = _svi_step(svi, batch, kl_weight, step == first_step, objective) / inputs.num_data
+        loss = steps(step, batch, kl_weight, step == first_step) / inputs.num_data
         record.add(step, loss, kl_weight, batch)
         bar.show(step, loss)
         if callback is not None and (step + 1) % options.callback_every == 0:
@@ -307,6 +324,7 @@ class TrainingOptions:
 
     objective: Objective
     kl_schedule: KLSchedule
+    aggressive: AggressiveTraining | None
     steps: int
     batch_size: int | None
     lr: float
@@ -327,6 +345,7 @@ class TrainingOptions:
         jit: bool | None,
         enumerate: bool | None,
         gradient: str,
+        aggressive: object,
         beta: float,
         kl_warmup_steps: int,
         kl_schedule: KLSchedule | None,
@@ -368,6 +387,7 @@ class TrainingOptions:
         return cls(
             chosen,
             schedule,
+            aggressive_of(aggressive),
             steps,
             batch_size,
             lr,
@@ -388,6 +408,7 @@ class TrainingOptions:
         return {
             **objective.options(),
             **self.kl_schedule.options(),
+            **(self.aggressive.options() if self.aggressive else {}),
             "batch_size": self.batch_size,
             "lr": self.lr,
             "vectorized": info.vectorized,
@@ -594,6 +615,42 @@ def _compiled_or_eager(
         warnings.warn(f"fit runs eagerly: {error}", CompilationWarning, stacklevel=3)
         eager = replace(objective, jit=False)
         return eager, eager.svi(model, guide, optimizer, info, batches.data_scale)
+
+
+def _steps_of(
+    options: TrainingOptions,
+    svi: SVI,
+    objective: Objective,
+    batches: _Minibatches,
+    model: Callable,
+    guide: Callable,
+    inputs: Inputs,
+    info: ProgramInfo,
+    trained: dict[str, torch.Tensor],
+    record: _Recorder,
+) -> Callable[[int, Inputs, float, bool], float]:
+    """What one step of fit is, ``steps(step, batch, kl_weight, validate)``: a step of ``svi``,
+    or of aggressive training where ``options`` ask for it."""
+
+    def svi_step(chosen: SVI, batch: Inputs, kl_weight: float, validate: bool) -> float:
+        return _svi_step(chosen, batch, kl_weight, validate, objective)
+
+    if options.aggressive is None:
+        return lambda step, batch, kl_weight, validate: svi_step(svi, batch, kl_weight, validate)
+    return AggressiveSteps(
+        options.aggressive,
+        svi,
+        svi_step,
+        batches.draw,
+        model,
+        guide,
+        inputs,
+        info,
+        trained.values(),
+        options.batch_size,
+        record.logged,
+        options.seed,
+    ).step
 
 
 def _svi_step(

@@ -162,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--quiet", action="store_true", help="no progress bars")
         command.add_argument("--json", type=Path, help="also write the results as JSON here")
+        command.add_argument(
+            "--workers",
+            type=_integer_at_least(1),
+            default=_default_workers(),
+            help="processes that train the independent runs side by side, each with --threads "
+            "threads (default: the CPUs this process may use); the numbers do not depend on it",
+        )
         command.set_defaults(run=run)
     sandwich = commands.add_parser(
         "sandwich",
@@ -251,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvm {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
     return 0
+
+
+def _default_workers() -> int:
+    from inference.studies.pool import usable_cpus  # no torch: --help stays fast
+
+    return usable_cpus()
 
 
 @contextmanager

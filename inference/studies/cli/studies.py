@@ -10,7 +10,10 @@ from dataclasses import asdict
 
 from inference.studies.cli.tables import GAPS_TITLE, format_gaps, format_summary
 
-REMEDIES_TITLE = "Remedies for collapse on the powerful cases: rate gained, log p(x) lost"
+REMEDIES_TITLE = (
+    "Remedies for collapse on the powerful cases (1b, 4b) and one that is not (1c): rate "
+    "gained, log p(x) lost"
+)
 SMOKE_TEST = (
     "smoke test (--quick): a small budget that checks the whole pipeline runs; its figures "
     "need not show the full run's conclusions (run without --quick for those)"
@@ -20,17 +23,20 @@ SMOKE_TEST = (
 def _collapse(args: argparse.Namespace) -> dict:
     """All four experiments: summary table, results.json and plots in ``args.out``."""
     from inference.studies import plots
-    from inference.studies.experiments import DEFAULT_BUDGET, QUICK_BUDGET, run_collapse
-    from inference.studies.remedies import format_remedies, price_remedies
+    from inference.studies.experiments import DEFAULT_BUDGET, QUICK_BUDGET
+    from inference.studies.remedies import collapse_study, format_remedies
 
     budget = QUICK_BUDGET if args.quick else DEFAULT_BUDGET
     announce = _announcer("collapse")
     if args.quick:
         announce(SMOKE_TEST)
-    results = run_collapse(budget, args.seed, progress=not args.quiet, announce=announce)
-    announce(REMEDIES_TITLE)
-    remedies = price_remedies(
-        results, budget, args.seed, progress=not args.quiet, announce=announce
+    results, remedies = collapse_study(
+        budget,
+        args.seed,
+        progress=not args.quiet,
+        announce=announce,
+        workers=args.workers,
+        threads=args.threads,
     )
     if args.quick:
         print(f"{SMOKE_TEST}\n")
@@ -62,13 +68,18 @@ def _collapse(args: argparse.Namespace) -> dict:
 def _frontier(args: argparse.Namespace) -> dict:
     """Beta sweeps on built-in pairs: table, JSON and the two plots in ``args.out``."""
     from inference.studies import plots
-    from inference.studies.frontier import built_in_sweeps
+    from inference.studies.sweeps import built_in_sweeps
 
     announce = _announcer("frontier")
     if args.quick:
         announce(SMOKE_TEST)
     tables = built_in_sweeps(
-        quick=args.quick, seed=args.seed, progress=not args.quiet, announce=announce
+        quick=args.quick,
+        seed=args.seed,
+        progress=not args.quiet,
+        announce=announce,
+        workers=args.workers,
+        threads=args.threads,
     )
     if args.quick:
         print(f"{SMOKE_TEST}\n")
