@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from test_checkpoint import TRAINING, fresh_pair, parameters_of
 
 from guides import AmortizedGaussian
 from inference import fit
@@ -18,23 +19,13 @@ from inference.training.aggressive import (
 )
 from inference.training.checkpoint import CheckpointError
 from inference.training.optim import MultiTensorAdam
-from lvm_models import GaussianVAE, LinearGaussian, datasets
-
-TRAINING = {"batch_size": 32, "seed": 0, "progress": False}
+from lvm_models import LinearGaussian, datasets
 
 
 @pytest.fixture(scope="module")
 def data() -> torch.Tensor:
+    """test_checkpoint's data: 200 correlated Gaussian points, D = 4."""
     return datasets.correlated_gaussian(num_data=200, data_dim=4, seed=0).x
-
-
-def fresh_pair() -> tuple[GaussianVAE, AmortizedGaussian]:
-    torch.manual_seed(1)
-    return GaussianVAE(4, 2, hidden=(8,)), AmortizedGaussian(4, 2, hidden=(8,))
-
-
-def parameters_of(*modules: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for module in modules for p in module.parameters()]
 
 
 def adam_steps(optimizer: MultiTensorAdam, module: torch.nn.Module) -> set[int]:

@@ -216,14 +216,7 @@ def rate_distortion_figure(tables: dict[str, RateDistortion]) -> Figure:
         ax.plot(rates, distortions, "o-", color=color, label=name)
         points += [(row.rate, row.distortion, row.beta, color) for row in table.rows]
         if table.remedies:
-            ax.plot(
-                [row.rate for row in table.remedies],
-                [row.distortion for row in table.remedies],
-                "*",
-                color=color,
-                markersize=10,
-                label=f"{name}: other remedies (β = 1)",
-            )
+            _remedy_stars(ax, table, "distortion", color, f"{name}: other remedies (β = 1)")
             points += [(row.rate, row.distortion, row.remedy, color) for row in table.remedies]
         span = [0.0, max(rates + [row.rate for row in table.remedies]) * 1.05]
         ax.plot(
@@ -273,13 +266,7 @@ def log_px_against_rate_figure(tables: dict[str, RateDistortion]) -> Figure:
             ax.plot(*zip(*exact), "x", color=color, markersize=9)
         points += [(row.rate, row.iw, row.beta, color) for row in table.rows]
         if table.remedies:
-            ax.plot(
-                [row.rate for row in table.remedies],
-                [row.iw for row in table.remedies],
-                "*",
-                color=color,
-                markersize=10,
-            )
+            _remedy_stars(ax, table, "iw", color)
         handles.append(Line2D([], [], color=color, label=name))
     handles += [
         Line2D([], [], marker="o", color="black", label="IW_K log p(x), 2 s.e."),
@@ -298,6 +285,15 @@ def log_px_against_rate_figure(tables: dict[str, RateDistortion]) -> Figure:
         _remedies_panel(side, with_remedies, dict(zip(tables, _color_cycle(len(tables)))))
     figure.suptitle(_log_px_finding(tables), fontsize=10)
     return figure
+
+
+def _remedy_stars(
+    ax: Axes, table: RateDistortion, field: str, color: str, label: str | None = None
+) -> None:
+    """The remedies of ``table`` as stars: ``field`` of each row against its rate."""
+    rates = [row.rate for row in table.remedies]
+    values = [getattr(row, field) for row in table.remedies]
+    ax.plot(rates, values, "*", color=color, markersize=10, label=label)
 
 
 def _remedies_panel(ax: Axes, tables: dict[str, RateDistortion], colors: dict[str, str]) -> None:
