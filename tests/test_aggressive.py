@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from test_checkpoint import TRAINING, fresh_pair, parameters_of
@@ -54,7 +56,7 @@ def test_the_inner_steps_train_the_encoder_alone(data):
     ("losses", "taken"),
     [
         ([5.0] * 3 + [4.0] * 3 + [4.5] * 3, 9),  # the third block is worse: stop after it
-        ([5.0] * 3 + [5.0] * 3 + [1.0] * 3, 6),  # no better is not better
+        ([5.0] * 3 + [5.0] * 3 + [9.0] * 3 + [1.0], 9),  # a tie goes on, as the reference's
         ([float(-i) for i in range(20)], 10),  # improving to the end: the most allowed
         ([1.0, 9.0], 2),  # fewer steps than a block: the most allowed
     ],
@@ -171,3 +173,61 @@ def fit_rate(model, guide, x) -> float:
     from inference.estimators.diagnostics import rate_and_distortion
 
     return rate_and_distortion(model, guide, x, seed=0)[0]
+
+
+def test_the_mutual_information_is_estimated_after_the_first_step_then_every_epoch(data):
+    """As the reference: at step 0, then every ceil(N / B) steps; full-batch, every step."""
+    estimated = {}
+    for batch_size in (None, 50):
+        model, guide = fresh_pair()
+        settings = AggressiveTraining(max_inner_steps=2, check_every=100)
+        options = {**TRAINING, "batch_size": batch_size}
+        history = fit(model, guide, data, steps=9, aggressive=settings, **options).history
+        estimated[batch_size] = history.mutual_info_steps
+    every = {None: 1, 50: 4}  # N = 200
+    for batch_size, steps in estimated.items():
+        assert steps[0] == 0 and all(b - a == every[batch_size] for a, b in zip(steps, steps[1:]))
+
+
+def shared_scale_pair():
+    """A model and a guide that share the parameter "scale"; the model has "w" of its own."""
+    torch.manual_seed(0)
+
+    def model(x):
+        w = pyro.param("w", torch.ones(4, 2))
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Normal(z @ w.T, scale).to_event(1), obs=x)
+
+    def guide(x):
+        m = pyro.param("m", torch.zeros(4, 2))
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x @ m, scale).to_event(1))
+
+    return model, guide
+
+
+def test_a_parameter_the_guide_shares_with_the_model_is_stepped_with_the_decoder(data):
+    pyro.clear_param_store()
+    model, guide = shared_scale_pair()
+    optimizer = MultiTensorAdam({"lr": 1e-2})
+    settings = AggressiveTraining(max_inner_steps=5, check_every=100, mi_every=1000)
+    fit(model, guide, data, steps=3, optimizer=optimizer, aggressive=settings, jit=False,
+        **TRAINING)  # fmt: skip
+    store, state = pyro.get_param_store(), optimizer._optimizer.state
+    steps = {name: int(state[store.get_param(name).unconstrained()]["step"]) for name in store}
+    assert steps == {"w": 3, "scale": 3, "m": 15}
+    pyro.clear_param_store()
+
+
+def test_a_model_without_parameters_of_its_own_is_refused(data):
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    guide = AmortizedGaussian(4, 4, hidden=(8,))
+    with pytest.raises(ValueError, match="the model has no parameters of its own to train"):
+        fit(model, guide, data, steps=2, aggressive=True, **TRAINING)

@@ -307,6 +307,20 @@ BAD_INPUTS = [
         "objective='iwae'; got objective='elbo'",
     ),
     (
+        "the DReG gradient under a KL weight other than 1",
+        lambda: fit(
+            GaussianVAE(D, K),
+            AmortizedGaussian(D, K),
+            X,
+            steps=1,
+            objective="iwae",
+            gradient="dreg",
+            beta=0.5,
+        ),  # fmt: skip
+        ValueError,
+        "gradient='dreg' is the doubly reparameterised gradient of the IWAE bound at a KL weight",
+    ),
+    (
         "an unknown IWAE gradient",
         lambda: IWAE(num_particles=2, gradient="fast"),
         ValueError,

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from _pairs import ChainModel
 
 from benchmarks.dreg_snr import encoder_output_gradients
-from guides import AmortizedGaussian
+from guides import AmortizedGaussian, BatchNormGaussian
+from inference import CyclicalAnnealing, fit
 from inference._programs import inspect_pair
 from inference.training.objectives import IWAE
-from lvm_models import LinearGaussian
+from lvm_models import AutoregressiveVAE, LinearGaussian
 from lvm_models._nn import MIN_SCALE, output_layer
 
 DRAWS = 4000
@@ -164,3 +165,39 @@ def test_the_exact_encoder_is_the_posterior():
     torch.testing.assert_close(
         (F.softplus(out[:, 2:]) + MIN_SCALE) ** 2, posterior.covariance_matrix.diagonal(0, -2, -1)
     )
+
+
+@pytest.mark.parametrize(
+    "weighting",
+    [{"beta": 0.5}, {"kl_warmup_steps": 10}, {"kl_schedule": CyclicalAnnealing(cycles=2)}],
+    ids=["beta", "warm-up", "cyclical"],
+)
+def test_dreg_under_a_kl_weight_other_than_one_is_refused(weighting):
+    """With log w = log p(x | z) + beta (log p(z) - log q), DReG's coefficient w~^2 is biased."""
+    x = torch.randn(8, 4)
+    model, guide = LinearGaussian(4, 2), AmortizedGaussian(4, 2, hidden=())
+    with pytest.raises(ValueError, match="gradient='dreg' is the doubly reparameterised"):
+        fit(model, guide, x, steps=1, objective="iwae", gradient="dreg", **weighting)
+
+
+def test_the_replays_leave_batch_norms_running_statistics_as_one_run_left_them():
+    """DReG replays the guide in training mode; its BatchNorm must not count the batch twice."""
+    model, x = LinearGaussian(4, 2), torch.randn(16, 4)
+    statistics = []
+    for gradient in ("plain", "dreg"):
+        torch.manual_seed(0)
+        guide = BatchNormGaussian(4, 2, hidden=(8,))
+        info = inspect_pair(model, guide, x)
+        IWAE(num_particles=3, gradient=gradient).loss(info)(model, guide, x)
+        statistics.append(guide.batch_norm.running_mean.clone())
+    assert torch.equal(statistics[0], statistics[1])
+
+
+def test_dreg_trains_a_model_whose_forward_pass_reads_buffers():
+    """A MADE's masks are buffers the backward pass needs as they were: DReG's replays must
+    not write them (found by lvm collapse on the digits)."""
+    x = (torch.rand(32, 6) < 0.5).float()
+    model, guide = AutoregressiveVAE(6, 2, hidden=(8,)), AmortizedGaussian(6, 2, hidden=(8,))
+    result = fit(model, guide, x, steps=3, objective="iwae", num_particles=3, gradient="dreg",
+                 batch_size=16, seed=0, progress=False)  # fmt: skip
+    assert all(math.isfinite(loss) for loss in result.history.losses)

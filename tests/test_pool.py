@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import time
 
 import pytest
 
@@ -26,3 +28,10 @@ def test_an_error_of_a_job_is_raised_here():
 
 def test_usable_cpus_is_at_least_one():
     assert usable_cpus() >= 1
+
+
+def test_a_failed_job_stops_the_workers_still_running():
+    jobs = [Job("slow", time.sleep, (600.0,)), Job("bad", math.sqrt, (-1.0,))]
+    with pytest.raises(ValueError, match="math domain error"):
+        run_jobs(jobs, workers=2, threads=1)
+    assert multiprocessing.active_children() == []

@@ -178,6 +178,9 @@ def test_each_remedy_reaches_fit_with_its_options_and_its_guide(remedy, monkeypa
         assert guide.delta == 0.5
     if isinstance(guide, BatchNormGaussian):
         assert guide.gamma.item() == 1.0
+        remedy.ready(guide, x)  # its running statistics become the training data's
+        raw_means = guide._raw(x)[0]
+        assert torch.allclose(guide.batch_norm.running_mean, raw_means.mean(0))
 
 
 def test_remedies_are_found_by_name_and_an_unknown_one_is_named():

@@ -186,7 +186,8 @@ def with_remedies(
     """``table`` with a row per remedy: the pair trained as the sweep trained its beta = 1
     pair, from the same initial parameters, with the remedy's options for fit and, where it
     has one, its guide family (``make_guide(model, family)``; family None for the sweep's
-    own), measured on the same points."""
+    own), readied for evaluation (:meth:`~inference.studies.remedies.Remedy.ready`) and
+    measured on the same points."""
     x_eval = data[: table.num_data]
     rows = []
     for index, remedy in enumerate(remedies):
@@ -199,6 +200,7 @@ def with_remedies(
         options = {**fit_options, **remedy.fit_options(steps)}
         fit(model, guide, data, steps=steps, seed=seed, progress=label if progress else False,
             **options)  # fmt: skip
+        remedy.ready(guide, data)
         row = _frontier_row(1.0, model, guide, x_eval, table.num_samples, seed)
         rows.append(replace(row, remedy=remedy.name))
     return replace(table, remedies=tuple(rows))

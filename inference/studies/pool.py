@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
@@ -47,7 +46,7 @@ def run_jobs(
     With ``workers`` 1 they run here, in order, ``announce`` called before each
     (``"run 3 of 33: 1c"``); with more, in that many worker processes of ``threads`` threads
     each, ``announce`` called as each ends (``"done 3 of 33: 1c (12 s)"``). An exception of a
-    job is raised here, the other jobs cancelled.
+    job is raised here, and the workers are stopped.
     """
     results: list[Any] = []
     if workers <= 1 or len(jobs) <= 1:
@@ -56,24 +55,24 @@ def run_jobs(
                 announce(f"run {index + 1} of {len(jobs)}: {job.label}")
             results.append(job.function(*job.arguments))
         return results
-    context = get_context("spawn")
-    with ProcessPoolExecutor(
-        min(workers, len(jobs)), mp_context=context, initializer=_set_threads, initargs=(threads,)
-    ) as pool:
-        futures = {
-            pool.submit(_timed, job.function, job.arguments): index
-            for index, job in enumerate(jobs)
-        }
+    # multiprocessing's Pool: closed and joined when every job is done; terminated on a failed
+    # job or Ctrl-C, so that neither waits for the runs still going.
+    pool = get_context("spawn").Pool(
+        min(workers, len(jobs)), initializer=_set_threads, initargs=(threads,)
+    )
+    try:
+        tasks = [(index, job.function, job.arguments) for index, job in enumerate(jobs)]
         results = [None] * len(jobs)
-        try:
-            for done, future in enumerate(as_completed(futures), start=1):
-                index = futures[future]
-                results[index], seconds = future.result()
-                if announce is not None:
-                    announce(f"done {done} of {len(jobs)}: {jobs[index].label} ({seconds:.0f} s)")
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        for done, (index, result, seconds) in enumerate(pool.imap_unordered(_timed, tasks), 1):
+            results[index] = result
+            if announce is not None:
+                announce(f"done {done} of {len(jobs)}: {jobs[index].label} ({seconds:.0f} s)")
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
     return results
 
 
@@ -83,6 +82,7 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _timed(function: Callable[..., Any], arguments: tuple) -> tuple[Any, float]:
+def _timed(task: tuple[int, Callable[..., Any], tuple]) -> tuple[int, Any, float]:
+    index, function, arguments = task
     start = time.perf_counter()
-    return function(*arguments), time.perf_counter() - start
+    return index, function(*arguments), time.perf_counter() - start

@@ -7,18 +7,22 @@ train the encoder alone until it catches up before each decoder step, and stop d
 the mutual information I_q(x; z) stops rising:
 
 - while aggressive, each step of fit first takes encoder-only steps, on its minibatch and
-  then on fresh ones, until the summed loss of a block of ``check_every`` of them is no
-  lower than the previous block's (or ``max_inner_steps`` are taken); then a decoder-only
-  step on the step's minibatch;
-- every ``mi_every`` steps (one epoch by default) I_q(x; z) is estimated on a fixed seeded
-  subset of the data; the first estimate below the one before (0 before the first) ends
-  the aggressive phase for good, and fit takes ordinary steps of both from then on.
+  then on fresh ones, until the summed loss of a block of ``check_every`` of them is higher
+  than the previous block's (or ``max_inner_steps`` are taken); then a decoder-only step on
+  the step's minibatch;
+- after the first step and every ``mi_every`` steps from there (one epoch by default), as the
+  reference does, I_q(x; z) is estimated on a fixed seeded subset of the training data (the
+  reference uses held-out data, which fit does not have); the first estimate below the one
+  before (0 before the first) ends the aggressive phase for good, and fit takes ordinary
+  steps of both from then on.
 
 The objective is unchanged: only the order of the updates is. The encoder is the guide's
-parameters; the decoder is the rest of what fit trains (a parameter the guide shares with
-the model counts as decoder). One optimiser steps both, each parameter with its own state;
-a learning-rate schedule of :class:`~inference.training.optim.MultiTensorAdam` follows the
-decoder's step count, which is fit's step, so inner steps do not advance it.
+parameters that the model does not use; the decoder is the rest of what fit trains (a
+parameter the guide shares with the model counts as decoder). A model with no parameters of
+its own has no decoder to alternate with: fit refuses it. One optimiser steps both, each
+parameter with its own state; a learning-rate schedule of
+:class:`~inference.training.optim.MultiTensorAdam` follows the decoder's step count, which
+is fit's step, so inner steps do not advance it.
 
 Example::
 
@@ -58,8 +62,8 @@ class AggressiveTraining:
     :ivar check_every: the size of the blocks of encoder-only steps whose summed losses are
         compared; the inner steps stop at the first block that did not improve (15, as the
         reference).
-    :ivar mi_every: steps of fit between estimates of I_q(x; z); None (default) is one epoch,
-        ceil(N / B) steps, the reference's choice.
+    :ivar mi_every: steps of fit between estimates of I_q(x; z), the first after step 0; None
+        (default) is one epoch, ceil(N / B) steps (one, full-batch), the reference's choice.
     :ivar mi_points: the size of the fixed subset of the data I_q(x; z) is estimated on (the
         aggregate posterior is its mixture, so the estimate can read at most log of it).
     """
@@ -130,9 +134,18 @@ class AggressiveSteps:
         self.seed = seed_32(seed) if seed is not None else 0
         self.probe = _probe(inputs, settings.mi_points, self.seed)
         self.probe_info = replace(info, num_data=self.probe.num_data)
-        self.mi_every = settings.mi_every or math.ceil(inputs.num_data / (batch_size or 1))
-        encoder = _guide_parameters(guide, inputs, self.seed)
+        self.mi_every = settings.mi_every or math.ceil(
+            inputs.num_data / (batch_size or inputs.num_data)
+        )
+        encoder = _parameters_of(guide, inputs, self.seed) - _parameters_of(
+            model, inputs, self.seed
+        )
         decoder = [p for p in parameters if p not in encoder]
+        if not decoder:
+            raise ValueError(
+                "aggressive training alternates encoder-only and decoder-only steps: the model "
+                "has no parameters of its own to train"
+            )
         self.encoder_svi = _stepping(svi, encoder, clock=decoder)
         self.decoder_svi = _stepping(svi, decoder, clock=decoder)
         # After the phase too the schedule follows fit's steps, not the encoder's many.
@@ -150,7 +163,7 @@ class AggressiveSteps:
             return self.step_fn(self.joint_svi, batch, kl_weight, validate)
         self.logged["encoder_steps"].append(self._encoder_steps(batch, kl_weight, validate))
         loss = self.step_fn(self.decoder_svi, batch, kl_weight, False)
-        if (step + 1) % self.mi_every == 0:
+        if step % self.mi_every == 0:
             self._check(step)
         return loss
 
@@ -186,7 +199,7 @@ class AggressiveSteps:
 
 
 def steps_until_no_improvement(step: Callable[[int], float], most: int, every: int) -> int:
-    """Call ``step(taken)`` (a loss) until a block of ``every`` calls sums to no less than the
+    """Call ``step(taken)`` (a loss) until a block of ``every`` calls sums to more than the
     block before, or ``most`` calls are made; the number made. The reference's test, on
     summed rather than per-word losses (its blocks are of equal size here)."""
     previous, block, taken = math.inf, 0.0, 0
@@ -194,7 +207,7 @@ def steps_until_no_improvement(step: Callable[[int], float], most: int, every: i
         block += step(taken)
         taken += 1
         if taken % every == 0:
-            if block >= previous:
+            if block > previous:
                 break
             previous, block = block, 0.0
     return taken
@@ -213,16 +226,16 @@ def _probe(inputs: Inputs, size: int, seed: int) -> Inputs:
     return inputs.subset(order[:size].to(inputs.x.device))
 
 
-def _guide_parameters(guide: Callable, inputs: Inputs, seed: int) -> set[torch.Tensor]:
-    """The tensors SVI steps for the guide: its param sites' unconstrained values, from one
-    run that leaves the RNG and the modules' buffers alone."""
+def _parameters_of(program: Callable, inputs: Inputs, seed: int) -> set[torch.Tensor]:
+    """The tensors SVI steps for a program (model or guide): its param sites' unconstrained
+    values, from one run that leaves the RNG and the modules' buffers alone."""
     with (
         torch.no_grad(),
         seeded(seed),
-        evaluation_mode(guide),
+        evaluation_mode(program),
         poutine.trace(param_only=True) as capture,
     ):
-        inputs.run(guide)
+        inputs.run(program)
     return {site["value"].unconstrained() for site in capture.trace.nodes.values()}
 
 

@@ -347,7 +347,12 @@ class IWAE(Objective):
     guide and in the model, so ``log p(x, fixed z)`` carries the direct gradient of theta and
     ``log w - log p(x, fixed z) + log q(fixed z)`` the path gradient alone, whatever the
     parameters' home (modules, the param store, shared); the replays cost about one more
-    evaluation of model and guide per step.
+    evaluation of model and guide per step. They draw no latent values; a guide whose own
+    network draws noise (dropout) would draw it again in its replay, and the two terms would
+    no longer cancel: DReG needs a guide that is a deterministic function of x and the noise
+    of its sample sites. The module buffers the replays would move a second time (BatchNorm's
+    running statistics) are put back. ``fit`` refuses DReG under a KL weight other than 1, for
+    which the estimator above is biased.
     """
 
     num_particles: int = 1
@@ -499,15 +504,24 @@ def _with_kl_weight(program: Callable) -> Callable:
 @contextlib.contextmanager
 def _state_kept(model: Callable, guide: Callable) -> Iterator[None]:
     """Run the block with torch's RNG and the programs' module buffers put back after it."""
+    with forked_rng(), _buffers_kept(model, guide):
+        yield
+
+
+@contextlib.contextmanager
+def _buffers_kept(model: Callable, guide: Callable) -> Iterator[None]:
+    """Run the block with the programs' module buffers (BatchNorm's running statistics) put
+    back after it. Only the buffers the block changed are written: a buffer the forward pass
+    reads (a MADE's masks) must keep its version for the backward pass."""
     buffers = [b for module in modules_of(model, guide) for b in module.buffers()]
     saved = [b.detach().clone() for b in buffers]
     try:
-        with forked_rng():
-            yield
+        yield
     finally:
         with torch.no_grad():
             for buffer, value in zip(buffers, saved):
-                buffer.copy_(value)
+                if not torch.equal(buffer, value):
+                    buffer.copy_(value)
 
 
 def _loss_and_grads(
@@ -581,12 +595,13 @@ def _at_fixed_draws(
     """log p(x, z) and log q(z given x) (scaled, (K or 1, B)) at the draws of ``guide_trace``
     held fixed: model and guide replayed on its values detached, in the particle plate of
     ``count`` particles where they are vectorised. Their gradients are the parameters' direct
-    ones, none through z (the replays draw no random numbers)."""
+    ones, none through z (the replays draw no latent values, and leave the modules' buffers as
+    the first run left them)."""
     fixed = guide_trace.copy()
     for name, site in sample_sites(guide_trace):
         fixed.nodes[name] = {**site, "value": site["value"].detach()}
     plate = particle_plate(count, info) if info.vectorized else contextlib.nullcontext()
-    with plate:
+    with plate, _buffers_kept(model, guide):
         guide_at = trace_program(poutine.replay(guide, trace=fixed), inputs)
         model_at = trace_program(poutine.replay(model, trace=fixed), inputs)
     return _scaled_log_density(model_at, info), _scaled_log_density(guide_at, info)

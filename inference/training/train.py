@@ -379,6 +379,7 @@ class TrainingOptions:
         if batch_size is not None and batch_size > num_data:
             raise ValueError(f"batch_size must be at most N={num_data}; got {batch_size}")
         schedule = _kl_schedule_of(kl_schedule, beta, kl_warmup_steps)
+        _check_dreg_weight(chosen, schedule)
         check_finite_number("lr", lr, positive=True)
         if optimizer is not None and not isinstance(optimizer, PyroOptim):
             raise TypeError(
@@ -468,6 +469,17 @@ def _objective_of(
     if free_bits > 0:
         return FreeBits(free_bits, num_particles, jit=jit)
     return ELBO(num_particles, enumerate, jit=jit)
+
+
+def _check_dreg_weight(objective: Objective, schedule: KLSchedule) -> None:
+    """Refuse DReG under a KL weight other than 1: with the latent sites' log-densities
+    weighted by beta, the score term it removes is beta times its value at 1, and the path
+    coefficient w~^2 would have to be (1 - beta) w~ + beta w~^2 (the estimate is biased)."""
+    if isinstance(objective, IWAE) and objective.gradient == "dreg" and schedule != ConstantBeta():
+        raise ValueError(
+            "gradient='dreg' is the doubly reparameterised gradient of the IWAE bound at a KL "
+            f"weight of 1; got {schedule!r} (drop beta, kl_warmup_steps and kl_schedule)"
+        )
 
 
 def _kl_schedule_of(
