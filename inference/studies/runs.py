@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import pickle
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from inference.training.checkpoint import (
     load_checkpoint,
     parameter_keys,
     plain,
+    sealed_body,
     write_sealed,
 )
 from lvm_models import datasets
@@ -168,14 +168,7 @@ def load_run(path: str | Path) -> tuple[PyroModule, PyroModule, RunSpec]:
             f"{str(path)!r} is not a run saved by lvm-suite (`lvm fit --save`, save_run) "
             "nor a checkpoint of fit"
         )
-    if payload.get("version") != VERSION:
-        raise RunError(
-            f"run {str(path)!r} has format version {payload.get('version')!r}; "
-            f"this lvm-suite reads version {VERSION}"
-        )
-    body = payload.get("body")
-    if not isinstance(body, bytes) or hashlib.sha256(body).hexdigest() != payload.get("sha256"):
-        raise RunError(f"run {str(path)!r} is damaged: its contents do not match their checksum")
+    body = sealed_body(payload, path, VERSION, "run", RunError)
     stored = _load_torch(io.BytesIO(body), path)
     spec = _spec_from(stored.get("spec") if isinstance(stored, dict) else None, path)
     model, guide = _rebuilt(spec, "load")

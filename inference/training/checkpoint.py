@@ -123,6 +123,23 @@ def write_sealed(path: Path, fields: dict, format: str, version: int) -> None:
             os.unlink(temporary)
 
 
+def sealed_body(
+    payload: dict, path: Path, version: int, kind: str, error: type[Exception]
+) -> bytes:
+    """The serialised fields of a file :func:`write_sealed` wrote, once its ``version`` is the
+    one this lvm-suite reads and its bytes match their SHA-256; otherwise ``error`` naming
+    the ``kind`` of file ("checkpoint", "run") and what is wrong."""
+    if payload.get("version") != version:
+        raise error(
+            f"{kind} {str(path)!r} has format version {payload.get('version')!r}; "
+            f"this lvm-suite reads version {version}"
+        )
+    body = payload.get("body")
+    if not isinstance(body, bytes) or hashlib.sha256(body).hexdigest() != payload.get("sha256"):
+        raise error(f"{kind} {str(path)!r} is damaged: its contents do not match their checksum")
+    return body
+
+
 def check_checkpoint_path(path: object) -> Path:
     """A path fit can write its checkpoint to, checked before the first step
     (:func:`~inference._validate.check_output_path`)."""
@@ -141,16 +158,7 @@ def load_checkpoint(path: str | Path) -> TrainingState:
     payload = _load_torch(path, path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a checkpoint written by lvm-suite's fit")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has format version {payload.get('version')!r}; "
-            f"this lvm-suite reads version {VERSION}"
-        )
-    body = payload.get("body")
-    if not isinstance(body, bytes) or hashlib.sha256(body).hexdigest() != payload.get("sha256"):
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is damaged: its contents do not match their checksum"
-        )
+    body = sealed_body(payload, path, VERSION, "checkpoint", CheckpointError)
     fields = _load_torch(io.BytesIO(body), path)
     names = TrainingState.__dataclass_fields__
     missing = [n for n in names if n not in fields and n not in _OPTIONAL_FIELDS]
