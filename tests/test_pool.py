@@ -17,7 +17,10 @@ def test_results_come_back_in_the_order_of_the_jobs(workers):
     lines = []
     assert run_jobs(jobs, workers, threads=1, announce=lines.append) == [3.0, 4.0, math.sqrt(2)]
     assert len(lines) == 3
-    assert lines[0] == "run 1 of 3: sqrt 9.0" if workers == 1 else lines[-1].startswith("done 3")
+    if workers == 1:  # announced before each run, in order
+        assert lines[0] == "run 1 of 3: sqrt 9.0"
+    else:  # announced as each ends
+        assert lines[-1].startswith("done 3 of 3: ")
 
 
 def test_an_error_of_a_job_is_raised_here():

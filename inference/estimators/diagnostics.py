@@ -407,14 +407,11 @@ def rate_and_distortion_of(
     return rates.mean().item(), -log_likelihood.mean().item()
 
 
-def mutual_information_of(
-    model: Callable, guide: Callable, inputs: Inputs, info: ProgramInfo
-) -> float:
+def mutual_information_of(guide: Callable, inputs: Inputs, info: ProgramInfo) -> float:
     """I_q(x; z) of the points ``inputs`` by the aggregate-posterior estimate of :func:`diagnose`
     (He et al., 2019's ``calc_mi``: one draw per point, the points' mixture as q(z)), for a
-    pair already inspected (``info``); no checks. A lower bound on I_q in expectation."""
-    rates = torch.zeros(info.num_data, dtype=torch.float64, device=info.device)
-    return _mutual_information(model, guide, inputs, info, rates, "aggregate").lower
+    guide already inspected (``info``); no checks. A lower bound on I_q in expectation."""
+    return _aggregate_mutual_information(guide, inputs, info, trace_program(guide, inputs)).lower
 
 
 def _rate(model_trace: Trace, guide_trace: Trace, info: ProgramInfo) -> tuple[torch.Tensor, bool]:
@@ -493,7 +490,32 @@ def _mutual_information(
     """I_q(x; z) from one draw z_n ~ q(. given x_n) per point, by ``method`` (see
     :func:`diagnose`), with the aggregate estimate's two bounds. ``rates``: KL(q || p) (N,)."""
     trace = trace_program(guide, inputs)
-    names = [n for n, s in sample_sites(trace) if not is_auxiliary(s)]
+    names = _latent_names(trace)
+    aggregate = _aggregate_mutual_information(guide, inputs, info, trace)
+    # Where the bias bound is below the noise the aggregate estimate is as good as any.
+    if (method == "auto" and aggregate.upper - aggregate.lower <= aggregate.stderr) or not (
+        _knn_applies(method, trace, names, info)
+    ):
+        return aggregate
+    values = torch.cat(
+        [per_point_vector(trace.nodes[n]["value"], info, _event_dims(trace, n)) for n in names], -1
+    ).double()  # (N, d)
+    model_trace = trace_program(poutine.replay(model, trace=trace), inputs)
+    log_prior = log_density_per_point(model_trace, info, 1, info.latent_sites)[0].double()  # (N,)
+    estimate, stderr = _knn_mutual_information(values, rates + log_prior)
+    return _MutualInformation(estimate, stderr, "knn", aggregate.lower, aggregate.upper)
+
+
+def _latent_names(trace: Trace) -> list[str]:
+    return [n for n, s in sample_sites(trace) if not is_auxiliary(s)]
+
+
+def _aggregate_mutual_information(
+    guide: Callable, inputs: Inputs, info: ProgramInfo, trace: Trace
+) -> _MutualInformation:
+    """The aggregate-posterior estimate from the draws of the guide's ``trace`` (one per
+    point) and its leave-one-out twin (see :func:`diagnose`)."""
+    names = _latent_names(trace)
     own = log_density_per_point(trace, info, 1, names)[0].double()  # (N,)
     cross = _cross_log_q if info.vectorized else _cross_log_q_one_by_one
     log_all, log_others = cross(guide, inputs, info, trace, names)  # (N,) each
@@ -503,19 +525,7 @@ def _mutual_information(
         (own - (log_others - math.log(num_data - 1))).mean().item() if num_data > 1 else math.inf
     )
     lower, lower_stderr = lower_terms.mean().item(), _stderr_of_mean(lower_terms)
-    aggregate = _MutualInformation(lower, lower_stderr, "aggregate", lower, upper)
-    # Where the bias bound is below the noise the aggregate estimate is as good as any.
-    if (method == "auto" and upper - lower <= lower_stderr) or not _knn_applies(
-        method, trace, names, info
-    ):
-        return aggregate
-    values = torch.cat(
-        [per_point_vector(trace.nodes[n]["value"], info, _event_dims(trace, n)) for n in names], -1
-    ).double()  # (N, d)
-    model_trace = trace_program(poutine.replay(model, trace=trace), inputs)
-    log_prior = log_density_per_point(model_trace, info, 1, info.latent_sites)[0].double()  # (N,)
-    estimate, stderr = _knn_mutual_information(values, rates + log_prior)
-    return _MutualInformation(estimate, stderr, "knn", lower, upper)
+    return _MutualInformation(lower, lower_stderr, "aggregate", lower, upper)
 
 
 def _event_dims(trace: Trace, name: str) -> int:

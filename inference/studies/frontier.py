@@ -170,25 +170,27 @@ def rate_distortion(
     return RateDistortion(tuple(rows), x_eval.shape[0], num_samples)
 
 
-def with_remedies(
-    table: RateDistortion,
+def remedy_rows(
     make_model: Callable[[], Callable],
     make_guide: Callable[[Callable, Callable | None], Callable],
     data: torch.Tensor,
     *,
     remedies: Sequence[Remedy],
     steps: int,
+    num_samples: int,
+    eval_points: int,
     seed: int,
     progress: bool | str = False,
     announce: Callable[[str], object] | None = None,
     **fit_options: object,
-) -> RateDistortion:
-    """``table`` with a row per remedy: the pair trained as the sweep trained its beta = 1
-    pair, from the same initial parameters, with the remedy's options for fit and, where it
-    has one, its guide family (``make_guide(model, family)``; family None for the sweep's
-    own), readied for evaluation (:meth:`~inference.studies.remedies.Remedy.ready`) and
-    measured on the same points."""
-    x_eval = data[: table.num_data]
+) -> tuple[FrontierRow, ...]:
+    """A row per remedy, for :attr:`RateDistortion.remedies`: the pair trained as
+    :func:`rate_distortion` trains its beta = 1 pair, from the same initial parameters, with
+    the remedy's options for fit and, where it has one, its guide family (``make_guide(model,
+    family)``; family None for the sweep's own), readied for evaluation
+    (:meth:`~inference.studies.remedies.Remedy.ready`) and measured on the first
+    ``eval_points`` rows, as the sweep's are."""
+    x_eval = data[:eval_points]
     rows = []
     for index, remedy in enumerate(remedies):
         if announce is not None:
@@ -201,9 +203,9 @@ def with_remedies(
         fit(model, guide, data, steps=steps, seed=seed, progress=label if progress else False,
             **options)  # fmt: skip
         remedy.ready(guide, data)
-        row = _frontier_row(1.0, model, guide, x_eval, table.num_samples, seed)
+        row = _frontier_row(1.0, model, guide, x_eval, num_samples, seed)
         rows.append(replace(row, remedy=remedy.name))
-    return replace(table, remedies=tuple(rows))
+    return tuple(rows)
 
 
 def _check_factory(name: str, factory: object, builds: str) -> None:

@@ -52,7 +52,6 @@ BATCH_NORM_GAMMA = 1.0  # BN-VAE: an expected KL of at least gamma^2 / 2 nats pe
 IWAE_PARTICLES = 5
 # The two powerful cases, and one that is not: there the latent is used without a remedy.
 REMEDY_CASES = (CORRELATED_FULL_COVARIANCE, DIGITS_AUTOREGRESSIVE, CORRELATED_DIAGONAL)
-REMEDIES_ANNOUNCEMENT = "Remedies for collapse: rate gained, log p(x) lost"
 
 
 @dataclass(frozen=True)
@@ -335,8 +334,6 @@ def collapse_study(
     are the same either way."""
     if workers <= 1:
         rows = run_collapse(budget, seed, progress, announce)
-        if announce is not None:
-            announce(REMEDIES_ANNOUNCEMENT)
         return rows, price_remedies(rows, budget, seed, progress, announce)
     row_jobs = [Job(setup.label, run_row, (setup.key, budget, seed)) for setup in collapse_setups()]
     done = run_jobs([*row_jobs, *remedy_jobs(budget, seed)], workers, threads, announce)

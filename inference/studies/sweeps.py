@@ -6,7 +6,7 @@
 - the full-covariance Gaussian VAE, powerful for these data: the ELBO's optimum ignores z,
   and beta < 1 forces it into use; the other remedies of
   :data:`~inference.studies.remedies.REMEDIES` are placed beside the sweep
-  (:func:`~inference.studies.frontier.with_remedies`).
+  (:func:`~inference.studies.frontier.remedy_rows`).
 
 Each of the three parts (the two sweeps, the remedies) is a function of ``quick`` and the
 seed alone, so that :func:`built_in_sweeps` can run them as jobs of worker processes
@@ -26,7 +26,7 @@ from inference.studies.frontier import (
     FrontierRow,
     RateDistortion,
     rate_distortion,
-    with_remedies,
+    remedy_rows,
 )
 from inference.studies.pool import Job, run_jobs
 from inference.studies.remedies import REMEDIES
@@ -109,21 +109,21 @@ def vae_remedies(
 ) -> tuple[FrontierRow, ...]:
     """The VAE trained as at beta = 1 with each remedy other than a beta (the sweep has those),
     measured on the sweep's points."""
-    x = _data(quick, seed)
+    x, steps = _data(quick, seed), _vae_steps(quick)
     data_dim = x.shape[1]
-    table = RateDistortion((), EVAL_POINTS, _num_samples(quick))
-    return with_remedies(
-        table,
+    return remedy_rows(
         lambda: _vae_model(data_dim),
         lambda model, family: _vae_guide(data_dim, family),
         x,
-        remedies=[remedy for remedy in REMEDIES if not remedy.name.startswith("beta")],
-        steps=_vae_steps(quick),
+        remedies=[remedy for remedy in REMEDIES if "beta" not in remedy.fit_options(steps)],
+        steps=steps,
+        num_samples=_num_samples(quick),
+        eval_points=EVAL_POINTS,
         seed=seed,
         progress=progress,
         announce=announce,
         batch_size=64,
-    ).remedies
+    )
 
 
 def _data(quick: bool, seed: int) -> torch.Tensor:

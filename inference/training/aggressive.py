@@ -129,7 +129,7 @@ class AggressiveSteps:
         logged: dict[str, list],
         seed: int | None,
     ) -> None:
-        self.settings, self.svi, self.step_fn, self.draw = settings, svi, step_fn, draw
+        self.settings, self.step_fn, self.draw = settings, step_fn, draw
         self.model, self.guide, self.logged = model, guide, logged
         self.seed = seed_32(seed) if seed is not None else 0
         self.probe = _probe(inputs, settings.mi_points, self.seed)
@@ -152,9 +152,13 @@ class AggressiveSteps:
         self.joint_svi = _stepping(svi, None, clock=decoder)
         for name in LOGGED:
             logged.setdefault(name, [])
-        self.aggressive = _still_aggressive(logged["mutual_info"])
         if self.aggressive:
             self._mutual_information()  # fail before training if it cannot be estimated
+
+    @property
+    def aggressive(self) -> bool:
+        """Whether the phase goes on: read from the estimates so far (a resumed run's too)."""
+        return _still_aggressive(self.logged["mutual_info"])
 
     def step(self, step: int, batch: Inputs, kl_weight: float, validate: bool) -> float:
         """Step ``step`` of fit on ``batch``: encoder-only steps then a decoder-only one while
@@ -184,7 +188,6 @@ class AggressiveSteps:
         estimate = self._mutual_information()
         self.logged["mutual_info_steps"].append(step)
         self.logged["mutual_info"].append(estimate)
-        self.aggressive = _still_aggressive(self.logged["mutual_info"])
 
     def _mutual_information(self) -> float:
         """I_q(x; z) on the probe points, with the same draws every time (the estimates
@@ -195,7 +198,7 @@ class AggressiveSteps:
             pyro.validation_enabled(False),
             evaluation_mode(self.model, self.guide),
         ):
-            return mutual_information_of(self.model, self.guide, self.probe, self.probe_info)
+            return mutual_information_of(self.guide, self.probe, self.probe_info)
 
 
 def steps_until_no_improvement(step: Callable[[int], float], most: int, every: int) -> int:

@@ -117,22 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_evaluation_options(fit_command)
     fit_command.set_defaults(run=_fit)
-    compare_command = commands.add_parser(
-        "compare",
-        help="ELBO, IW_K and a reference log p(x) of a pair saved by `lvm fit --save` "
-        "(no training)",
-    )
-    _add_saved_run_options(compare_command)
-    _add_evaluation_options(compare_command)
-    compare_command.set_defaults(run=_compare)
-    diagnose_command = commands.add_parser(
-        "diagnose",
-        help="rate, distortion, active units and I(x; z) of a pair saved by `lvm fit --save` "
-        "(no training)",
-    )
-    _add_saved_run_options(diagnose_command)
-    _add_evaluation_options(diagnose_command, bounds=False)
-    diagnose_command.set_defaults(run=_diagnose)
+    for name, what, bounds, run in (
+        ("compare", "ELBO, IW_K and a reference log p(x)", True, _compare),
+        ("diagnose", "rate, distortion, active units and I(x; z)", False, _diagnose),
+    ):
+        command = commands.add_parser(
+            name, help=f"{what} of a pair saved by `lvm fit --save` (no training)"
+        )
+        _add_saved_run_options(command)
+        _add_evaluation_options(command, bounds=bounds)
+        command.set_defaults(run=run)
     for name, help_text, quick_help, run in (
         (
             "collapse",

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 
 from inference.studies.cli.tables import GAPS_TITLE, format_gaps, format_summary
 
@@ -27,17 +28,7 @@ def _collapse(args: argparse.Namespace) -> dict:
     from inference.studies.remedies import collapse_study, format_remedies
 
     budget = QUICK_BUDGET if args.quick else DEFAULT_BUDGET
-    announce = _announcer("collapse")
-    if args.quick:
-        announce(SMOKE_TEST)
-    results, remedies = collapse_study(
-        budget,
-        args.seed,
-        progress=not args.quiet,
-        announce=announce,
-        workers=args.workers,
-        threads=args.threads,
-    )
+    results, remedies = collapse_study(budget, **_study_options(args, "collapse"))
     if args.quick:
         print(f"{SMOKE_TEST}\n")
     print(format_summary(results))
@@ -52,16 +43,18 @@ def _collapse(args: argparse.Namespace) -> dict:
         "experiments": [result.to_dict() for result in results],
         "remedies": [remedy.to_dict() for remedy in remedies],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    figures = [
-        plots.plot_training_curves(
-            results, args.out / "training_curves.png", iw_samples=budget.record_iw_samples
-        ),
-        plots.plot_rates(results, args.out / "rates.png"),
-        plots.plot_iw_against_k(results, args.out / "iw_against_k.png"),
-    ]
-    print(f"wrote {args.out / 'results.json'} and {', '.join(str(f) for f in figures)}")
+    _write_report(
+        args.out,
+        "results.json",
+        report,
+        lambda: [
+            plots.plot_training_curves(
+                results, args.out / "training_curves.png", iw_samples=budget.record_iw_samples
+            ),
+            plots.plot_rates(results, args.out / "rates.png"),
+            plots.plot_iw_against_k(results, args.out / "iw_against_k.png"),
+        ],
+    )
     return report
 
 
@@ -70,17 +63,7 @@ def _frontier(args: argparse.Namespace) -> dict:
     from inference.studies import plots
     from inference.studies.sweeps import built_in_sweeps
 
-    announce = _announcer("frontier")
-    if args.quick:
-        announce(SMOKE_TEST)
-    tables = built_in_sweeps(
-        quick=args.quick,
-        seed=args.seed,
-        progress=not args.quiet,
-        announce=announce,
-        workers=args.workers,
-        threads=args.threads,
-    )
+    tables = built_in_sweeps(quick=args.quick, **_study_options(args, "frontier"))
     if args.quick:
         print(f"{SMOKE_TEST}\n")
     for name, table in tables.items():
@@ -90,14 +73,41 @@ def _frontier(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "sweeps": {name: t.to_dict() for name, t in tables.items()},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "frontier.json").write_text(json.dumps(report, indent=2))
-    figures = [
-        plots.plot_rate_distortion(tables, args.out / "rate_distortion.png"),
-        plots.plot_log_px_against_rate(tables, args.out / "log_px_against_rate.png"),
-    ]
-    print(f"wrote {args.out / 'frontier.json'} and {', '.join(str(f) for f in figures)}")
+    _write_report(
+        args.out,
+        "frontier.json",
+        report,
+        lambda: [
+            plots.plot_rate_distortion(tables, args.out / "rate_distortion.png"),
+            plots.plot_log_px_against_rate(tables, args.out / "log_px_against_rate.png"),
+        ],
+    )
     return report
+
+
+def _study_options(args: argparse.Namespace, command: str) -> dict:
+    """What ``collapse`` and ``frontier`` pass their study alike: the seed, the bars, the
+    progress lines (after a smoke test's notice), the workers and their threads."""
+    announce = _announcer(command)
+    if args.quick:
+        announce(SMOKE_TEST)
+    return {
+        "seed": args.seed,
+        "progress": not args.quiet,
+        "announce": announce,
+        "workers": args.workers,
+        "threads": args.threads,
+    }
+
+
+def _write_report(
+    out: Path, name: str, report: dict, draw_figures: Callable[[], list[Path]]
+) -> None:
+    """``report`` as ``out/name`` (JSON), then the figures, and a line naming every file."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(report, indent=2))
+    figures = draw_figures()
+    print(f"wrote {out / name} and {', '.join(str(f) for f in figures)}")
 
 
 def _announcer(command: str) -> Callable[[str], None]:
